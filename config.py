@@ -1,0 +1,206 @@
+"""The bridge's settings: one model, read once from the environment, passed to what needs it.
+
+Every field maps to the environment variable of the same name in upper case
+(`lmstudio_port` <- `LMSTUDIO_PORT`). `get_config()` builds the settings once per
+process; tests build `Settings(...)` directly. A bad value fails at start with a
+`ConfigError` that names the variable and the accepted values.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+ApiMode = Literal["auto", "responses", "chat"]
+
+
+class ConfigError(ValueError):
+    """A setting from the environment is invalid; the message names the variable."""
+
+
+class Settings(BaseSettings):
+    """Everything the bridge can be told from its environment (see README, "Configuration")."""
+
+    model_config = SettingsConfigDict(
+        case_sensitive=False,
+        extra="ignore",
+        validate_default=True,
+        frozen=True,
+    )
+
+    # --- LM Studio -------------------------------------------------------------------------
+    lmstudio_host: str = Field("localhost", min_length=1, description="Host of LM Studio's server.")
+    lmstudio_port: int = Field(1234, ge=1, le=65535, description="Port of LM Studio's server.")
+    lmstudio_base_url: str | None = Field(
+        None, description="Full base URL (e.g. http://10.0.0.5:1234); wins over host and port."
+    )
+    lmstudio_api_key: SecretStr | None = Field(
+        None, description="Bearer token, when LM Studio's 'Require Authentication' is on."
+    )
+    default_model: str | None = Field(
+        None, description="Model used when a call names none; unset means the model LM Studio has loaded."
+    )
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON object of short names, e.g. {"coder": "qwen/qwen3-coder-30b"}.',
+    )
+    lmstudio_api_mode: ApiMode = Field(
+        "auto",
+        description="Conversation API for autonomous runs: auto (probe /v1/responses), responses, or chat.",
+    )
+    lmstudio_connect_timeout_s: float = Field(5.0, gt=0, le=300, description="Connect timeout to LM Studio.")
+    lmstudio_request_timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="Read timeout for one LM Studio request (a generation can be slow)."
+    )
+    lmstudio_retry_attempts: int = Field(3, ge=1, le=10, description="Attempts per LM Studio request.")
+    lmstudio_retry_base_delay_s: float = Field(0.5, ge=0, le=60, description="First retry delay; doubles.")
+    lmstudio_retry_max_delay_s: float = Field(8.0, ge=0, le=300, description="Cap on one retry delay.")
+    lmstudio_circuit_failures: int = Field(
+        5, ge=1, le=100, description="Consecutive connection failures that open the circuit breaker."
+    )
+    lmstudio_circuit_reset_s: float = Field(
+        15.0, gt=0, le=3600, description="Time the breaker stays open before one probe request."
+    )
+    lmstudio_max_concurrency: int = Field(
+        4, ge=1, le=256, description="Requests in flight per model; more wait in line."
+    )
+    model_cache_ttl_s: float = Field(60.0, ge=0, le=86400, description="How long the model list is cached.")
+    lmstudio_model_ttl_s: int = Field(
+        600,
+        ge=0,
+        le=7 * 86400,
+        description="Idle seconds before LM Studio unloads a model it loaded just-in-time; 0 sends no ttl.",
+    )
+
+    # --- MCP servers the local model may use ------------------------------------------------
+    mcp_json_path: Path | None = Field(
+        None, description="The .mcp.json to use; unset searches ./.mcp.json, ~/.lmstudio/mcp.json, ~/.mcp.json."
+    )
+    mcp_start_timeout_s: float = Field(
+        30.0, gt=0, le=600, description="Time for a downstream MCP server to start and initialize."
+    )
+    mcp_tool_timeout_s: float = Field(120.0, gt=0, le=3600, description="Time for one downstream tool call.")
+    mcp_idle_timeout_s: float = Field(
+        600.0, ge=0, le=86400, description="Idle time after which a server's session is closed; 0 keeps it."
+    )
+
+    # --- Autonomous runs --------------------------------------------------------------------
+    autonomous_timeout_s: float = Field(
+        900.0, gt=0, le=86400, description="Wall-clock bound on one autonomous task."
+    )
+    autonomous_repeat_limit: int = Field(
+        3, ge=2, le=100, description="Identical tool calls (same name and arguments) that count as a loop."
+    )
+    tool_output_max_chars: int = Field(
+        20000, ge=200, le=5_000_000, description="Longest tool output handed to the model; longer is cut."
+    )
+
+    # --- Logging ----------------------------------------------------------------------------
+    log_level: LogLevel = Field("INFO", description="Log level (logs go to stderr).")
+    log_format: Literal["text", "json"] = Field("text", description="text or json log lines.")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("lmstudio_base_url", "default_model", "lmstudio_api_key", "mcp_json_path", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # `FOO=` in a shell or an MCP config's env means "not set", not "the empty string".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("lmstudio_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://, e.g. http://localhost:1234")
+        return value.rstrip("/").removesuffix("/v1")
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f'must be a JSON object such as {{"coder": "qwen/qwen3-coder-30b"}} ({exc})') from exc
+        return value
+
+    @property
+    def base_url(self) -> str:
+        """LM Studio's server root, without `/v1` (e.g. `http://localhost:1234`)."""
+        if self.lmstudio_base_url:
+            return self.lmstudio_base_url
+        return f"http://{self.lmstudio_host}:{self.lmstudio_port}"
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as environment-style names, with secrets masked (for `doctor`)."""
+        shown: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********" if value.get_secret_value() else ""
+            elif isinstance(value, Path):
+                value = str(value)
+            shown[name.upper()] = value
+        shown["(effective base URL)"] = self.base_url
+        return shown
+
+
+def _describe_bounds(field_name: str) -> str:
+    """The accepted values of a field, from its declared bounds or literal choices."""
+    info = Settings.model_fields[field_name]
+    parts: list[str] = []
+    for meta in info.metadata:
+        for attr, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            bound = getattr(meta, attr, None)
+            if bound is not None:
+                parts.append(f"{word} {bound}")
+    choices = getattr(info.annotation, "__args__", None)
+    if choices and all(isinstance(c, str) for c in choices):
+        parts.append("one of " + ", ".join(choices))
+    return " and ".join(parts)
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from `environ` (the process environment when None).
+
+    Raises:
+        ConfigError: a variable has an invalid value; the message names it and what is accepted.
+    """
+    source = os.environ if environ is None else environ
+    known = {name.upper() for name in Settings.model_fields}
+    values = {key.lower(): value for key, value in source.items() if key.upper() in known}
+    try:
+        # model_validate reads only `values`: the result depends on the mapping given, nothing else.
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field_name = str(error["loc"][0]) if error["loc"] else ""
+            variable = field_name.upper()
+            bounds = _describe_bounds(field_name) if field_name in Settings.model_fields else ""
+            accepted = f" (accepted: {bounds})" if bounds else ""
+            value = error.get("input")
+            shown = "********" if "api_key" in field_name else repr(value)
+            problems.append(f"{variable}={shown} is invalid: {error['msg'].removeprefix('Value error, ')}{accepted}")
+        raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+
+
+@functools.cache
+def get_config() -> Settings:
+    """The process's settings, read from the environment on first use and then kept."""
+    return load_config()

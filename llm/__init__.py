@@ -1,0 +1,1 @@
+"""The LM Studio side: HTTP client, streaming, errors, model validation."""

@@ -1,0 +1,179 @@
+"""Errors of the LM Studio side. `llm.llm_client` is the one place that raises them from HTTP.
+
+    LLMError(message, original_exception=None)      .original_exception .timestamp
+    ├── LLMConnectionError        cannot reach the server (refused, DNS, reset)    retried
+    │   └── CircuitOpenError      too many failures in a row: failing fast
+    ├── LLMTimeoutError           connect or read timed out                        retried
+    ├── LLMResponseError          the answer is unusable: bad JSON, wrong shape, cut stream
+    │   └── LLMStatusError        an HTTP error status          .status_code .body
+    │       ├── LLMRateLimitError         429                   .retry_after_s    retried
+    │       ├── LLMServerError            5xx                                     retried
+    │       ├── NoModelLoadedError        400/404 "no models loaded"
+    │       ├── EndpointNotSupportedError 404/405/501 on a route this server lacks (/v1/responses)
+    │       └── ContextLengthExceededError  prompt + output do not fit the context
+    └── LLMValidationError        the request names something that cannot be used
+        ├── ModelNotFoundError    .model_name .available_models .suggestions
+        └── ModelTypeError        e.g. an embedding model asked to chat  .model_name .model_type
+
+Every message says what failed and what to do; tools show `str(error)` to the user as is.
+Only the errors marked "retried" can succeed on a retry (`RETRYABLE_ERRORS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+_START_HINT = "Is LM Studio running? Start its server from the Developer tab (or `lms server start`)."
+
+
+class LLMError(Exception):
+    """Base of every LM Studio error; keeps the low-level cause and when it happened."""
+
+    def __init__(self, message: str, original_exception: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.original_exception = original_exception
+        self.timestamp = datetime.now(UTC)
+
+
+class LLMConnectionError(LLMError):
+    """LM Studio could not be reached at `base_url`."""
+
+    def __init__(
+        self,
+        message: str | None = None,
+        original_exception: BaseException | None = None,
+        *,
+        base_url: str | None = None,
+    ) -> None:
+        self.base_url = base_url
+        where = f" at {base_url}" if base_url else ""
+        super().__init__(message or f"Could not connect to LM Studio{where}. {_START_HINT}", original_exception)
+
+
+class CircuitOpenError(LLMConnectionError):
+    """Recent requests all failed to connect; calls fail fast until `retry_after_s` passes."""
+
+    def __init__(self, base_url: str | None, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        where = f" at {base_url}" if base_url else ""
+        super().__init__(
+            f"LM Studio{where} is unreachable (several connection failures in a row); not trying again for "
+            f"{retry_after_s:.0f} s. {_START_HINT}",
+            base_url=base_url,
+        )
+
+
+class LLMTimeoutError(LLMError):
+    """LM Studio did not answer in time."""
+
+
+class LLMResponseError(LLMError):
+    """LM Studio answered, but not with something usable."""
+
+
+class LLMStatusError(LLMResponseError):
+    """LM Studio answered with an HTTP error status."""
+
+    def __init__(
+        self,
+        message: str,
+        original_exception: BaseException | None = None,
+        *,
+        status_code: int,
+        body: str = "",
+    ) -> None:
+        super().__init__(message, original_exception)
+        self.status_code = status_code
+        self.body = body
+
+
+class LLMRateLimitError(LLMStatusError):
+    """429: LM Studio (or a proxy in front of it) asked us to slow down."""
+
+    def __init__(
+        self,
+        message: str,
+        original_exception: BaseException | None = None,
+        *,
+        status_code: int = 429,
+        body: str = "",
+        retry_after_s: float | None = None,
+    ) -> None:
+        super().__init__(message, original_exception, status_code=status_code, body=body)
+        self.retry_after_s = retry_after_s
+
+
+class LLMServerError(LLMStatusError):
+    """5xx: LM Studio failed internally; usually transient."""
+
+
+class NoModelLoadedError(LLMStatusError):
+    """LM Studio has no model loaded and could not load one just in time."""
+
+
+class EndpointNotSupportedError(LLMStatusError):
+    """The server has no such route (e.g. llama.cpp's server has no `/v1/responses`)."""
+
+
+class ContextLengthExceededError(LLMStatusError):
+    """The conversation no longer fits the model's context window."""
+
+
+class LLMValidationError(LLMError):
+    """The request names a model (or option) that cannot be used."""
+
+
+def _closest(name: str, candidates: Sequence[str], limit: int = 3) -> list[str]:
+    import difflib
+
+    lowered = {c.lower(): c for c in candidates}
+    found = difflib.get_close_matches(name.lower(), list(lowered), n=limit, cutoff=0.5)
+    # A name given without its publisher ("qwen3-coder-30b") should still find "qwen/qwen3-coder-30b".
+    tails = [c for c in candidates if c.lower().rsplit("/", 1)[-1] == name.lower().rsplit("/", 1)[-1]]
+    ordered = tails + [lowered[f] for f in found]
+    return list(dict.fromkeys(ordered))[:limit]
+
+
+class ModelNotFoundError(LLMValidationError):
+    """The requested model is not among those LM Studio offers."""
+
+    def __init__(
+        self,
+        model_name: str,
+        available_models: Sequence[str],
+        original_exception: BaseException | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.available_models = list(available_models)
+        self.suggestions = _closest(model_name, self.available_models)
+        listed = ", ".join(self.available_models) if self.available_models else "(none)"
+        message = f"Model '{model_name}' not found. Available: {listed}"
+        if self.suggestions:
+            message += ". Did you mean " + " or ".join(self.suggestions) + "?"
+        elif not self.available_models:
+            message += ". Download or load a model in LM Studio, then try again."
+        super().__init__(message, original_exception)
+
+
+class ModelTypeError(LLMValidationError):
+    """The model exists but is of the wrong kind for this call (e.g. embeddings for chat)."""
+
+    def __init__(self, model_name: str, model_type: str, needed: str) -> None:
+        self.model_name = model_name
+        self.model_type = model_type
+        self.needed = needed
+        super().__init__(
+            f"Model '{model_name}' is an {model_type} model and cannot be used for {needed}. "
+            "Pick another with list_models."
+        )
+
+
+RETRYABLE_ERRORS: tuple[type[LLMError], ...] = (
+    LLMConnectionError,
+    LLMTimeoutError,
+    LLMRateLimitError,
+    LLMServerError,
+)
+"""What a retry can fix. CircuitOpenError is a connection error but is never retried (see client)."""

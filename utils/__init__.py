@@ -1,0 +1,1 @@
+"""Small cross-cutting helpers: retries, logging, metrics, version."""
