@@ -113,7 +113,7 @@ def retry_with_backoff(
                         delay = next_delay(error, attempt, started)
                         if delay is None:
                             raise
-                    await (sleep or asyncio.sleep)(delay)
+                    await (sleep if sleep is not None else asyncio.sleep)(delay)
 
             return cast(Callable[P, T], async_wrapper)
 
@@ -129,7 +129,7 @@ def retry_with_backoff(
                     delay = next_delay(error, attempt, started)
                     if delay is None:
                         raise
-                (sync_sleep or time.sleep)(delay)
+                (sync_sleep if sync_sleep is not None else time.sleep)(delay)
 
         return sync_wrapper
 
