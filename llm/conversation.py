@@ -1,0 +1,179 @@
+"""The two ways to hold a tool-calling conversation with the model, behind one interface.
+
+- `ResponsesConversation`: LM Studio's stateful `POST /v1/responses`. The server keeps the
+  history; each round sends only the new items (tool outputs as `function_call_output`
+  keyed by `call_id`) plus `previous_response_id`, so a request stays the same size however
+  long the run. Tools are declared flat: `{"type": "function", "name", "description", "parameters"}`.
+- `ChatConversation`: `POST /v1/chat/completions` for servers without a response store
+  (llama.cpp's server, Ollama, ...). The bridge keeps the history and resends it; tools are
+  nested: `{"type": "function", "function": {...}}`; results go back as `role: tool` messages.
+
+Both return a `ModelTurn` per round; the agent never needs to know which one it has.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from llm.llm_client import LLMClient, OnEvent, ToolCall, Usage
+
+logger = logging.getLogger(__name__)
+
+ApiKind = Literal["responses", "chat"]
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A tool as the model sees it: name, description and a JSON-schema `parameters` object."""
+
+    name: str
+    description: str
+    parameters: dict[str, object]
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """What one tool call produced, to send back to the model."""
+
+    call_id: str
+    name: str
+    output: str
+
+
+@dataclass
+class ModelTurn:
+    """One answer of the model: text, reasoning kept apart, and the tool calls it asked for."""
+
+    text: str
+    reasoning: str
+    tool_calls: list[ToolCall]
+    usage: Usage | None = None
+    response_id: str | None = None
+
+
+@dataclass
+class GenerationOptions:
+    """Per-run generation settings shared by both strategies."""
+
+    model: str
+    instructions: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    on_event: OnEvent | None = None
+    stream: bool = True
+
+
+class Conversation(Protocol):
+    """A tool-calling conversation; `start` once, then `send_tool_outputs` each round."""
+
+    api: ApiKind
+
+    async def start(self, task: str) -> ModelTurn: ...
+
+    async def send_tool_outputs(self, outputs: list[ToolOutput]) -> ModelTurn: ...
+
+
+class ResponsesConversation:
+    """Stateful conversation over `/v1/responses`, chained by `previous_response_id`."""
+
+    api: ApiKind = "responses"
+
+    def __init__(self, llm: LLMClient, tools: list[FunctionSpec], options: GenerationOptions) -> None:
+        self._llm = llm
+        self._tools = [
+            {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
+            for t in tools
+        ]
+        self._options = options
+        self.previous_response_id: str | None = None
+
+    async def start(self, task: str) -> ModelTurn:
+        return await self._send(task)
+
+    async def send_tool_outputs(self, outputs: list[ToolOutput]) -> ModelTurn:
+        items = [{"type": "function_call_output", "call_id": o.call_id, "output": o.output} for o in outputs]
+        return await self._send(items)
+
+    async def _send(self, input_: str | list[dict[str, object]]) -> ModelTurn:
+        options = self._options
+        result = await self._llm.create_response(
+            input_,  # type: ignore[arg-type]
+            model=options.model,
+            previous_response_id=self.previous_response_id,
+            tools=self._tools or None,
+            instructions=options.instructions,
+            temperature=options.temperature,
+            max_output_tokens=options.max_tokens,
+            stream=options.stream,
+            on_event=options.on_event,
+        )
+        # Chain from the newest response: the whole point of the stateful API.
+        self.previous_response_id = result.id
+        return ModelTurn(
+            text=result.text,
+            reasoning=result.reasoning,
+            tool_calls=list(result.tool_calls),
+            usage=result.usage,
+            response_id=result.id,
+        )
+
+
+@dataclass
+class ChatConversation:
+    """Conversation over `/v1/chat/completions` with the history kept here."""
+
+    llm: LLMClient
+    tools: list[FunctionSpec]
+    options: GenerationOptions
+    messages: list[dict[str, object]] = field(default_factory=list)
+    api: ApiKind = "chat"
+
+    def _tool_payload(self) -> list[dict[str, object]] | None:
+        if not self.tools:
+            return None
+        return [
+            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in self.tools
+        ]
+
+    async def start(self, task: str) -> ModelTurn:
+        self.messages = [
+            {"role": "system", "content": self.options.instructions},
+            {"role": "user", "content": task},
+        ]
+        return await self._send()
+
+    async def send_tool_outputs(self, outputs: list[ToolOutput]) -> ModelTurn:
+        self.messages.extend(
+            {"role": "tool", "tool_call_id": o.call_id, "name": o.name, "content": o.output} for o in outputs
+        )
+        return await self._send()
+
+    async def _send(self) -> ModelTurn:
+        options = self.options
+        result = await self.llm.chat_completion(
+            self.messages,
+            model=options.model,
+            temperature=options.temperature if options.temperature is not None else 0.7,
+            max_tokens=options.max_tokens,
+            tools=self._tool_payload(),
+            tool_choice="auto" if self.tools else None,
+            stream=options.stream,
+            on_event=options.on_event,
+        )
+        assistant: dict[str, object] = {"role": "assistant", "content": result.content or ""}
+        if result.tool_calls:
+            assistant["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments or "{}"}}
+                for c in result.tool_calls
+            ]
+        self.messages.append(assistant)
+        return ModelTurn(
+            text=result.content,
+            reasoning=result.reasoning,
+            tool_calls=list(result.tool_calls),
+            usage=result.usage,
+        )
+

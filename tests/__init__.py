@@ -1,0 +1,1 @@
+"""Tests; they mirror the source tree by name (test_<module>.py)."""

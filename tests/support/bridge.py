@@ -1,0 +1,67 @@
+"""Building a bridge for tests: settings pointed at a stand-in, an in-process client, a subprocess."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from mcp import Client, StdioServerParameters
+
+from config import Settings, load_config
+from tools.server import create_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+FAST = {
+    # No real waiting in tests: retries are immediate, the breaker stays out of the way.
+    "LMSTUDIO_RETRY_BASE_DELAY_S": "0",
+    "LMSTUDIO_RETRY_MAX_DELAY_S": "0",
+    "LMSTUDIO_CIRCUIT_FAILURES": "100",
+    "LMSTUDIO_CONNECT_TIMEOUT_S": "2",
+    "LMSTUDIO_REQUEST_TIMEOUT_S": "30",
+    "MCP_START_TIMEOUT_S": "30",
+}
+
+
+def write_mcp_json(path: Path, servers: Mapping[str, Mapping[str, object]]) -> Path:
+    """Write an `.mcp.json` with `servers` and return its path."""
+    path.write_text(json.dumps({"mcpServers": servers}, indent=2))
+    return path
+
+
+def bridge_env(base_url: str, mcp_json: Path | None = None, **extra: str) -> dict[str, str]:
+    """Environment variables for a bridge talking to `base_url` (a stand-in or a live server)."""
+    env = {"LMSTUDIO_BASE_URL": base_url, **FAST}
+    if mcp_json is not None:
+        env["MCP_JSON_PATH"] = str(mcp_json)
+    env.update(extra)
+    return env
+
+
+def bridge_settings(base_url: str, mcp_json: Path | None = None, **extra: str) -> Settings:
+    return load_config(bridge_env(base_url, mcp_json, **extra))
+
+
+@asynccontextmanager
+async def in_process_bridge(settings: Settings) -> AsyncIterator[Client]:
+    """A connected `mcp.Client` talking to a bridge in this process."""
+    async with Client(create_server(settings), read_timeout_seconds=60) as client:
+        yield client
+
+
+def subprocess_params(env: Mapping[str, str]) -> StdioServerParameters:
+    """How to start the bridge as a subprocess, the way Claude does (only `env` passed through)."""
+    return StdioServerParameters(
+        command=sys.executable,
+        args=[str(ROOT / "main.py")],
+        env={**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        cwd=str(ROOT),
+    )
+
+
+def text_of(result: object) -> str:
+    """The concatenated text content of a tool result."""
+    return "\n".join(getattr(block, "text", "") for block in getattr(result, "content", []))

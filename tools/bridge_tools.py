@@ -1,0 +1,53 @@
+"""Tools about the bridge itself: which MCP servers it can use, and its counters."""
+
+from __future__ import annotations
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, ToolAnnotations
+
+from tools.results import as_json, reports_errors, success
+from tools.state import AppState, app_state
+
+_READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+
+
+def register_bridge_tools(mcp: MCPServer[AppState]) -> None:
+    """Add `list_available_mcps` and `bridge_stats`."""
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @reports_errors
+    async def list_available_mcps(ctx: Context) -> CallToolResult:
+        """List the MCP servers the autonomous tools can use (from the .mcp.json file), with their state.
+
+        Shows name, transport, enabled/disabled, whether started and its tool count, and the config file used.
+        """
+        state = app_state(ctx)
+        discovery = state.discovery
+        await state.pool.apply(discovery.refresh())
+        rows = []
+        for name, entry in sorted(discovery.servers().items()):
+            status = state.pool.status(name)
+            rows.append(
+                {
+                    "name": name,
+                    "transport": entry.transport,
+                    "enabled": not entry.disabled,
+                    "started": status.started,
+                    "tool_count": status.tool_count,
+                    "last_error": status.last_error,
+                }
+            )
+        data = {
+            "config_file": str(discovery.path) if discovery.path else None,
+            "config_error": discovery.parse_error,
+            "excluded": dict(discovery.excluded),
+            "servers": rows,
+        }
+        return success(as_json(data), data)
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @reports_errors
+    async def bridge_stats(ctx: Context) -> CallToolResult:
+        """Counters and latency summaries of this bridge since it started (LLM requests, tool calls, runs)."""
+        snapshot = app_state(ctx).metrics.snapshot()
+        return success(as_json(snapshot), snapshot)

@@ -1,0 +1,250 @@
+"""The direct LM Studio tools: health, models, chat and text completion, embeddings, responses.
+
+Every tool that runs a model takes an optional `model`, validated by the shared
+`ModelValidator` (aliases resolved; an unknown name fails with the available list) before
+any generation starts. `model` left out means the default model (DEFAULT_MODEL, else the
+loaded one).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.types import CallToolResult, ToolAnnotations
+from pydantic import Field
+
+from llm.exceptions import ModelNotFoundError
+from llm.llm_client import ModelInfo, StreamEvent
+from llm.reasoning import split_reasoning
+from tools.progress import ProgressReporter
+from tools.results import as_json, reports_errors, success
+from tools.state import AppState, app_state
+
+ModelParam = Annotated[
+    str | None,
+    Field(
+        description=(
+            "Optional model id from list_models, e.g. 'qwen/qwen3-coder-30b', or an alias from "
+            "MODEL_ALIASES. Leave out to use the default model."
+        ),
+        max_length=300,
+    ),
+]
+Temperature = Annotated[float, Field(description="Sampling temperature, 0 to 2; e.g. 0.2 for code.", ge=0, le=2)]
+MaxTokens = Annotated[int, Field(description="Most tokens to generate, e.g. 1024.", ge=1, le=131072)]
+
+_READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+_GENERATES = ToolAnnotations(readOnlyHint=True, idempotentHint=False, openWorldHint=False)
+
+
+async def _resolve(state: AppState, model: str | None, purpose: Literal["chat", "embeddings"] = "chat") -> str:
+    """The concrete model id to send: validated when named, the default one otherwise."""
+    name = await state.validator.resolve_model_name(model, purpose=purpose)
+    return await state.llm.resolve_model(name)
+
+
+def _model_row(info: ModelInfo) -> dict[str, object]:
+    return {
+        "id": info.id,
+        "type": info.type,
+        "state": info.state,
+        "max_context_length": info.max_context_length,
+    }
+
+
+def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
+    """Add the direct LM Studio tools to `mcp`."""
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @reports_errors
+    async def health_check(ctx: Context) -> CallToolResult:
+        """Check that LM Studio's server answers, and how many models it offers and has loaded."""
+        state = app_state(ctx)
+        started = time.perf_counter()
+        models = await state.validator.get_model_infos(use_cache=False)
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+        loaded = [m.id for m in models if m.state == "loaded"]
+        text = f"LM Studio is reachable at {state.llm.base_url} ({latency_ms} ms): {len(models)} models"
+        text += f", loaded: {', '.join(loaded)}" if loaded else " (loaded state not reported or none loaded)"
+        return success(
+            text,
+            {
+                "ok": True,
+                "base_url": state.llm.base_url,
+                "latency_ms": latency_ms,
+                "models": len(models),
+                "loaded": loaded,
+            },
+        )
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @reports_errors
+    async def list_models(ctx: Context) -> CallToolResult:
+        """List the models LM Studio offers: id, type (llm, vlm, embeddings), loaded state, context length.
+
+        Use an id from here as the `model` of any other tool.
+        """
+        models = await app_state(ctx).validator.get_model_infos(use_cache=False)
+        rows = [_model_row(m) for m in models]
+        return success(as_json(rows), {"models": rows})
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @reports_errors
+    async def get_current_model(ctx: Context) -> CallToolResult:
+        """Show which model a call without `model` would use, from LM Studio's model state (no generation)."""
+        state = app_state(ctx)
+        models = await state.validator.get_model_infos(use_cache=False)
+        current = await state.llm.resolve_model(None)
+        loaded = [m.id for m in models if m.state == "loaded"]
+        source = "DEFAULT_MODEL" if state.settings.default_model else "loaded model"
+        return success(
+            f"Current model: {current} (from {source})",
+            {"model": current, "source": source, "loaded": loaded},
+        )
+
+    @mcp.tool(annotations=_GENERATES)
+    @reports_errors
+    async def chat_completion(
+        prompt: Annotated[str, Field(description="The user message, e.g. 'Explain this regex: ^a+$'.", min_length=1)],
+        ctx: Context,
+        system_prompt: Annotated[
+            str | None, Field(description="Optional system message, e.g. 'You are a terse reviewer.'")
+        ] = None,
+        temperature: Temperature = 0.7,
+        max_tokens: MaxTokens = 1024,
+        model: ModelParam = None,
+    ) -> CallToolResult:
+        """Ask a local model one question and get its answer (reasoning kept out of the answer)."""
+        state = app_state(ctx)
+        resolved = await _resolve(state, model)
+        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        progress = ProgressReporter(ctx)
+
+        async def on_event(event: StreamEvent) -> None:
+            await progress.report(f"{resolved}: generating ({event.chars_so_far} chars)")
+
+        result = await state.llm.chat_completion(
+            messages, model=resolved, temperature=temperature, max_tokens=max_tokens, stream=True, on_event=on_event
+        )
+        answer, inline_reasoning = split_reasoning(result.content)
+        return success(
+            answer,
+            {
+                "answer": answer,
+                "model": result.model or resolved,
+                "finish_reason": result.finish_reason,
+                "reasoning": (result.reasoning + "\n\n" + inline_reasoning).strip() or None,
+                "usage": _usage(result.usage),
+            },
+        )
+
+    @mcp.tool(annotations=_GENERATES)
+    @reports_errors
+    async def text_completion(
+        prompt: Annotated[str, Field(description="Text to continue, e.g. 'def fibonacci(n):'.", min_length=1)],
+        ctx: Context,
+        temperature: Temperature = 0.7,
+        max_tokens: MaxTokens = 512,
+        stop: Annotated[
+            list[str] | None, Field(description="Optional stop sequences, e.g. ['\\n\\n'].", max_length=16)
+        ] = None,
+        model: ModelParam = None,
+    ) -> CallToolResult:
+        """Continue raw text with a local model (no chat template)."""
+        state = app_state(ctx)
+        resolved = await _resolve(state, model)
+        result = await state.llm.text_completion(
+            prompt, model=resolved, temperature=temperature, max_tokens=max_tokens, stop=stop
+        )
+        return success(
+            result.text,
+            {
+                "text": result.text,
+                "model": result.model or resolved,
+                "finish_reason": result.finish_reason,
+                "usage": _usage(result.usage),
+            },
+        )
+
+    @mcp.tool(annotations=_READ_ONLY)
+    @reports_errors
+    async def generate_embeddings(
+        text: Annotated[
+            Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=256)],
+            Field(description="A text or a list of up to 256 texts to embed, e.g. ['first', 'second']."),
+        ],
+        ctx: Context,
+        model: Annotated[
+            str | None,
+            Field(
+                description="Optional embedding model id, e.g. 'text-embedding-nomic-embed-text-v1.5'. "
+                "Leave out to use the first embedding model LM Studio offers.",
+                max_length=300,
+            ),
+        ] = None,
+    ) -> CallToolResult:
+        """Turn text into embedding vectors with a local embedding model."""
+        state = app_state(ctx)
+        resolved = await state.validator.resolve_model_name(model, purpose="embeddings")
+        if resolved is None:
+            infos = await state.validator.get_model_infos()
+            embedders = [m.id for m in infos if m.type == "embeddings"]
+            if not embedders:
+                raise ModelNotFoundError("(an embedding model)", [m.id for m in infos])
+            resolved = embedders[0]
+        result = await state.llm.generate_embeddings(text, model=resolved)
+        dims = len(result.embeddings[0]) if result.embeddings else 0
+        return success(
+            f"{len(result.embeddings)} embedding(s) of {dims} dimensions from {result.model or resolved}",
+            {"model": result.model or resolved, "dimensions": dims, "embeddings": result.embeddings},
+        )
+
+    @mcp.tool(annotations=_GENERATES)
+    @reports_errors
+    async def create_response(
+        input: Annotated[str, Field(description="The message for this turn, e.g. 'Now make it shorter.'", min_length=1)],
+        ctx: Context,
+        previous_response_id: Annotated[
+            str | None,
+            Field(description="Continue a conversation: the response_id a previous call returned, e.g. 'resp_abc123'."),
+        ] = None,
+        instructions: Annotated[str | None, Field(description="Optional system-style instructions.")] = None,
+        temperature: Annotated[float | None, Field(description="Optional temperature, 0 to 2.", ge=0, le=2)] = None,
+        max_output_tokens: Annotated[int | None, Field(description="Optional cap on output tokens.", ge=1)] = None,
+        model: ModelParam = None,
+    ) -> CallToolResult:
+        """Stateful conversation through LM Studio's /v1/responses: pass the returned response_id to continue."""
+        state = app_state(ctx)
+        resolved = await _resolve(state, model)
+        result = await state.llm.create_response(
+            input,
+            model=resolved,
+            previous_response_id=previous_response_id,
+            instructions=instructions,
+            temperature=temperature,
+            max_output_tokens=max_output_tokens,
+        )
+        answer, inline_reasoning = split_reasoning(result.text)
+        return success(
+            f"{answer}\n\n(response_id: {result.id})",
+            {
+                "text": answer,
+                "response_id": result.id,
+                "model": result.model or resolved,
+                "reasoning": (result.reasoning + "\n\n" + inline_reasoning).strip() or None,
+                "usage": _usage(result.usage),
+            },
+        )
+
+
+def _usage(usage: object) -> dict[str, int | None] | None:
+    if usage is None:
+        return None
+    return {
+        "input_tokens": getattr(usage, "input_tokens", None),
+        "output_tokens": getattr(usage, "output_tokens", None),
+        "total_tokens": getattr(usage, "total_tokens", None),
+    }

@@ -1,0 +1,51 @@
+"""Progress notifications to Claude, throttled.
+
+Claude Code shows the message of each `notifications/progress` and resets the call's
+timeout on each one, so a long run should report often enough to stay alive, but a
+streaming generation must not flood the client with one notification per token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from mcp.server.mcpserver import Context
+
+logger = logging.getLogger(__name__)
+
+
+class ProgressReporter:
+    """Sends `ctx.report_progress`, at most once per `min_interval_s` unless forced."""
+
+    def __init__(
+        self,
+        ctx: Context | None,
+        *,
+        min_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ctx = ctx
+        self._min_interval_s = min_interval_s
+        self._clock = clock
+        self._last_sent = float("-inf")
+        self._step = 0.0
+        self.sent = 0
+
+    async def report(self, message: str, *, force: bool = False) -> None:
+        """Report `message` as the next step (throttled unless `force`)."""
+        if self._ctx is None:
+            return
+        now = self._clock()
+        if not force and now - self._last_sent < self._min_interval_s:
+            return
+        self._last_sent = now
+        self._step += 1
+        try:
+            await self._ctx.report_progress(self._step, None, message)
+            self.sent += 1
+        except Exception:
+            # A client that went away must not fail the work it asked for; the run's own
+            # cancellation (if any) arrives separately as CancelledError.
+            logger.debug("progress notification not delivered", exc_info=True)

@@ -1,0 +1,73 @@
+"""How every tool answers Claude: text for the reader, structured content for programs, and
+failures as `isError: true` with an actionable message, never a traceback.
+
+`reports_errors` wraps each tool function: the bridge's own errors (LM Studio, MCP servers,
+configuration) become `Error: <what failed and what to do>`; anything unexpected is logged
+with its traceback on stderr and reported briefly. Cancellation always propagates.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import ParamSpec
+
+from mcp.types import CallToolResult, TextContent
+
+from config import ConfigError
+from llm.exceptions import LLMError
+from tools.exceptions import MCPBridgeError
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (LLMError, MCPBridgeError, ConfigError)
+
+
+def success(text: str, data: Mapping[str, object] | None = None) -> CallToolResult:
+    """A successful result: `text` for Claude to read, `data` as structured content."""
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=dict(data) if data is not None else None,
+    )
+
+
+def failure(message: str, data: Mapping[str, object] | None = None) -> CallToolResult:
+    """A failed result (`isError: true`); the text always starts with `Error:`."""
+    text = message if message.startswith("Error:") else f"Error: {message}"
+    return CallToolResult(
+        content=[TextContent(type="text", text=text)],
+        structured_content=dict(data) if data is not None else None,
+        is_error=True,
+    )
+
+
+def as_json(data: object) -> str:
+    """Compact, readable JSON for a text block."""
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+
+
+def reports_errors(
+    func: Callable[P, Awaitable[CallToolResult]],
+) -> Callable[P, Awaitable[CallToolResult]]:
+    """Turn the exceptions of a tool function into `isError` results (see module docstring)."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> CallToolResult:
+        try:
+            return await func(*args, **kwargs)
+        except EXPECTED_ERRORS as exc:
+            logger.info("%s failed: %s", func.__name__, exc)
+            return failure(str(exc), {"error": type(exc).__name__, "message": str(exc)})
+        except Exception as exc:
+            logger.exception("%s failed unexpectedly", func.__name__)
+            return failure(
+                f"{func.__name__} failed unexpectedly ({type(exc).__name__}: {exc}). "
+                "The bridge's log on stderr has the details; please report it.",
+                {"error": type(exc).__name__, "message": str(exc)},
+            )
+
+    return wrapper

@@ -1,0 +1,111 @@
+"""The bridge's MCP server: its lifespan owns the long-lived parts, and every tool is registered here."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+
+from config import Settings
+from llm.llm_client import LLMClient
+from llm.model_validator import ModelValidator
+from tools.bridge_tools import register_bridge_tools
+from tools.dynamic_autonomous import DynamicAutonomousAgent
+from tools.dynamic_autonomous_register import register_autonomous_tools
+from tools.lmstudio_tools import register_lmstudio_tools
+from tools.mcp_discovery import MCPDiscovery
+from tools.session_pool import MCPSessionPool
+from tools.state import AppState
+from utils.logging import register_secret
+from utils.metrics import Metrics
+from utils.version import __version__
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+Tools to hand work to local models served by LM Studio.
+- chat_completion / text_completion / create_response / generate_embeddings: one request to a local model.
+- autonomous_with_mcp / autonomous_with_multiple_mcps / autonomous_discover_and_execute: the local model
+  works a task out on its own with the tools of the user's other MCP servers (list them with
+  list_available_mcps) and returns its answer.
+Every model-running tool takes an optional `model` (see list_models); leave it out for the default."""
+
+
+@asynccontextmanager
+async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
+    """Build the bridge's long-lived parts, and close them all (MCP sessions, HTTP client) on exit."""
+    register_secret(settings.lmstudio_api_key.get_secret_value() if settings.lmstudio_api_key else None)
+    async with AsyncExitStack() as stack:
+        llm = await stack.enter_async_context(LLMClient(settings))
+        # The client already retries each request; the validator's own retry would multiply attempts.
+        validator = ModelValidator(
+            llm, cache_ttl_s=settings.model_cache_ttl_s, aliases=settings.model_aliases, fetch_attempts=1
+        )
+        discovery = MCPDiscovery(settings.mcp_json_path)
+        pool = await stack.enter_async_context(
+            MCPSessionPool(
+                start_timeout_s=settings.mcp_start_timeout_s,
+                call_timeout_s=settings.mcp_tool_timeout_s,
+                idle_timeout_s=settings.mcp_idle_timeout_s,
+            )
+        )
+        metrics = Metrics()
+        agent = DynamicAutonomousAgent(
+            settings=settings, llm=llm, validator=validator, discovery=discovery, pool=pool, metrics=metrics
+        )
+        logger.info("bridge %s ready; LM Studio at %s", __version__, llm.base_url)
+        yield AppState(
+            settings=settings,
+            llm=llm,
+            validator=validator,
+            discovery=discovery,
+            pool=pool,
+            agent=agent,
+            metrics=metrics,
+        )
+        logger.info("bridge shutting down: closing MCP sessions and the LM Studio client")
+
+
+def create_server(settings: Settings) -> MCPServer[AppState]:
+    """Build the MCP server; nothing connects until a client starts its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
+        async with bridge_state(settings) as state:
+            yield state
+
+    mcp: MCPServer[AppState] = MCPServer(
+        "lmstudio-bridge-enhanced",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        lifespan=lifespan,
+        log_level=settings.log_level,
+    )
+    register_lmstudio_tools(mcp)
+    register_autonomous_tools(mcp)
+    register_bridge_tools(mcp)
+    return mcp
+
+
+async def serve_stdio(mcp: MCPServer[AppState]) -> None:
+    """Serve over stdio until the client closes stdin or SIGTERM/SIGINT arrives, then clean up.
+
+    Handling the signals (instead of dying on them) lets the lifespan close every downstream
+    MCP server, so no child process outlives the bridge.
+    """
+    async with anyio.create_task_group() as tg:
+
+        async def stop_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for received in signals:
+                    logger.info("received %s: shutting down", signal.Signals(received).name)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(stop_on_signal)
+        await mcp.run_stdio_async()
+        tg.cancel_scope.cancel()

@@ -1,0 +1,91 @@
+"""Logging for the bridge: stderr only (stdout is the MCP protocol), text or JSON, with run ids.
+
+`configure_logging(settings)` is called once by `main` before the server is built. Each
+autonomous run sets `run_id` (a context variable), so every line logged while it runs,
+in any module, carries it. `register_secret()` adds a value that must never appear in a
+log line: it is replaced by `***` by a filter on the handler, whichever logger logged it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import sys
+import threading
+from datetime import UTC, datetime
+from typing import TextIO
+
+run_id: contextvars.ContextVar[str] = contextvars.ContextVar("run_id", default="-")
+
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+_MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
+
+
+def register_secret(value: str | None) -> None:
+    """Never log `value` (an API key, a header value, an env value from .mcp.json)."""
+    if value and len(value) >= _MIN_SECRET_LEN:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """`text` with every registered secret replaced by `***`."""
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _ContextFilter(logging.Filter):
+    """Stamps the run id on each record and scrubs secrets from the final message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.run_id = run_id.get()
+        if _secrets:
+            record.msg = redact(record.getMessage())
+            record.args = None
+            if record.exc_info and record.exc_info[1] is not None:
+                # Render the traceback now, scrubbed, so the formatter prints this text instead.
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+                record.exc_info = None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, run_id, msg (and exc when there is one)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "run_id": getattr(record, "run_id", "-"),
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exc"] = record.exc_text
+        return json.dumps(entry, ensure_ascii=False)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s [%(run_id)s] %(message)s"
+
+
+def configure_logging(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> logging.Handler:
+    """Send every log record to stderr (or `stream`) in the chosen format; returns the handler."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.addFilter(_ContextFilter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Third-party request logs would repeat every LM Studio call at INFO; keep them for DEBUG.
+    for noisy in ("httpx", "httpcore", "httpx2", "httpcore2"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.captureWarnings(True)
+    return handler
