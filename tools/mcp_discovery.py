@@ -1,0 +1,362 @@
+"""Finding and reading the user's `.mcp.json`: which other MCP servers the local model may use.
+
+The file is the one Claude uses, `{"mcpServers": {name: entry}}`, where an entry is either
+a process to start (`{"command", "args"?, "env"?, "cwd"?, "disabled"?}`, optionally
+`"type": "stdio"`) or a remote server (`{"type": "http" | "streamable-http" | "sse", "url",
+"headers"?}`). `${VAR}` and `${VAR:-default}` are expanded in every string the entry passes on.
+
+The file in use is `config_path` when given (MCP_JSON_PATH), else the first that exists of
+`./.mcp.json`, `~/.lmstudio/mcp.json`, `~/.mcp.json`. `refresh()` stats it and re-parses only
+when its mtime, size or inode changed, so calling it before every task costs a few `stat`s.
+A file that turns malformed keeps the last good servers in use and reports why in `parse_error`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.exceptions import MCPConfigError, MCPServerNotFoundError
+
+logger = logging.getLogger(__name__)
+
+Transport = Literal["stdio", "http", "sse"]
+
+_TYPES: dict[str, Transport] = {"stdio": "stdio", "http": "http", "streamable-http": "http", "sse": "sse"}
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_BRIDGE_COMMAND = "lmstudio-bridge"
+_BRIDGE_PACKAGE = "lmstudio-bridge-enhanced"
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_search_paths() -> list[Path]:
+    """Where the config file is looked for when MCP_JSON_PATH is unset, in order."""
+    return [Path.cwd() / ".mcp.json", Path.home() / ".lmstudio" / "mcp.json", Path.home() / ".mcp.json"]
+
+
+class ServerEntry(BaseModel):
+    """One downstream MCP server as the config file describes it, variables already expanded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    transport: Transport
+    command: str | None = None
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    disabled: bool = False
+
+
+@dataclass
+class DiscoveryChange:
+    """Which server names a refresh added, changed (entry content differs) or removed."""
+
+    added: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)
+    removed: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+
+class _EntryError(ValueError):
+    """An entry that cannot be used; the message names the server and what to fix."""
+
+
+class MCPDiscovery:
+    """The servers of the config file in use, re-read only when the file changes.
+
+    `servers()` and `get()` load the file on first use; call `refresh()` to pick up edits
+    (the pool's `apply()` takes its result). Nothing here raises on a bad file: the problem is
+    kept in `parse_error` (whole file) or `entry_errors` (one entry) and logged.
+    """
+
+    def __init__(
+        self,
+        config_path: Path | None = None,
+        *,
+        search_paths: Sequence[Path] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._config_path = Path(config_path).expanduser() if config_path is not None else None
+        self._search_paths = list(search_paths) if search_paths is not None else default_search_paths()
+        self._environ = os.environ if environ is None else environ
+        self._signature: tuple[str, int, int, int] | None = None
+        self._loaded = False
+        self._servers: dict[str, ServerEntry] = {}
+        self.path: Path | None = None
+        """The config file in use (None when none was found)."""
+        self.parse_error: str | None = None
+        """Why the file in use cannot be read, or that no file was found; None when all is well."""
+        self.entry_errors: dict[str, str] = {}
+        """Entries that cannot be used (name -> what to fix); the other entries still work."""
+        self.excluded: dict[str, str] = {}
+        """Entries left out because they launch this bridge itself (name -> why)."""
+        self._parse_error_line: int | None = None
+        self.parse_count = 0
+        """How many times the file was parsed (diagnostics: refresh() on an unchanged file adds none)."""
+
+    @property
+    def candidates(self) -> list[Path]:
+        """The paths that are considered for the config file, in order."""
+        return [self._config_path] if self._config_path is not None else list(self._search_paths)
+
+    @property
+    def config_error(self) -> MCPConfigError | None:
+        """`parse_error` as an error to raise or report (with the file and line), or None."""
+        if self.parse_error is None:
+            return None
+        return MCPConfigError(self.parse_error, path=self.path, line=self._parse_error_line)
+
+    def refresh(self) -> DiscoveryChange:
+        """Re-read the config file if it changed since the last read; say which servers changed."""
+        self._loaded = True
+        found = self._find_file()
+        if found is None:
+            return self._set_missing()
+        path, stat = found
+        signature = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if signature == self._signature:
+            return DiscoveryChange()
+        self._signature = signature
+        if path != self.path:
+            logger.info("Using MCP server config %s", path)
+            self.path = path
+        return self._parse(path)
+
+    def servers(self) -> dict[str, ServerEntry]:
+        """Every usable entry, enabled and disabled (self-references and broken entries left out)."""
+        if not self._loaded:
+            self.refresh()
+        return dict(self._servers)
+
+    def get(self, name: str) -> ServerEntry:
+        """The entry named `name`.
+
+        Raises:
+            MCPServerNotFoundError: no such entry; the message lists the known names.
+            MCPConfigError: the entry exists but cannot be used (unset variable, no command nor url,
+                or it launches this bridge).
+        """
+        if not self._loaded:
+            self.refresh()
+        if name in self._servers:
+            return self._servers[name]
+        if name in self.entry_errors:
+            raise MCPConfigError(self.entry_errors[name], path=self.path, server=name)
+        if name in self.excluded:
+            raise MCPConfigError(
+                f"MCP server {name!r} in {self.path} is not offered: {self.excluded[name]}.",
+                path=self.path,
+                server=name,
+            )
+        raise MCPServerNotFoundError(name, self._servers, self.path, detail=self.parse_error)
+
+    # --- reading the file ---------------------------------------------------------------------
+
+    def _find_file(self) -> tuple[Path, os.stat_result] | None:
+        for candidate in self.candidates:
+            try:
+                stat = candidate.stat()
+            except OSError:
+                continue
+            if not os.path.isdir(candidate):
+                return candidate, stat
+        return None
+
+    def _set_missing(self) -> DiscoveryChange:
+        searched = ", ".join(str(p) for p in self.candidates)
+        message = (
+            f"No MCP config file found (searched: {searched}). Create one with "
+            '{"mcpServers": {"name": {"command": "...", "args": [...]}}} or set MCP_JSON_PATH.'
+        )
+        if message != self.parse_error:
+            logger.warning("%s", message)
+        change = DiscoveryChange(removed=set(self._servers))
+        self._servers = {}
+        self.entry_errors = {}
+        self.excluded = {}
+        self._signature = None
+        self.path = None
+        self.parse_error = message
+        self._parse_error_line = None
+        return change
+
+    def _parse(self, path: Path) -> DiscoveryChange:
+        self.parse_count += 1
+        try:
+            text = path.read_text(encoding="utf-8")
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            return self._keep_last_good(
+                f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path, exc.lineno
+            )
+        except (OSError, UnicodeDecodeError) as exc:
+            return self._keep_last_good(f"{path}: cannot be read: {exc}", path, None)
+        servers_doc = document.get("mcpServers") if isinstance(document, dict) else None
+        if not isinstance(servers_doc, dict):
+            return self._keep_last_good(
+                f'{path}: expected a JSON object with an "mcpServers" object of servers', path, None
+            )
+
+        servers: dict[str, ServerEntry] = {}
+        entry_errors: dict[str, str] = {}
+        excluded: dict[str, str] = {}
+        for name, raw in servers_doc.items():
+            try:
+                entry = self._build_entry(str(name), raw)
+            except _EntryError as exc:
+                entry_errors[name] = f"{exc} (in {path})"
+                logger.warning("MCP server %r is unusable: %s", name, entry_errors[name])
+                continue
+            why = _launches_this_bridge(entry)
+            if why is not None:
+                excluded[name] = why
+                logger.info("Excluding MCP server %r: %s", name, why)
+                continue
+            servers[name] = entry
+
+        old = self._servers
+        change = DiscoveryChange(
+            added=set(servers) - set(old),
+            changed={n for n in servers.keys() & old.keys() if servers[n] != old[n]},
+            removed=set(old) - set(servers),
+        )
+        self._servers = servers
+        self.entry_errors = entry_errors
+        self.excluded = excluded
+        self.parse_error = None
+        self._parse_error_line = None
+        if change:
+            logger.info(
+                "MCP servers from %s: added %s, changed %s, removed %s",
+                path,
+                sorted(change.added),
+                sorted(change.changed),
+                sorted(change.removed),
+            )
+        return change
+
+    def _keep_last_good(self, problem: str, path: Path, line: int | None) -> DiscoveryChange:
+        kept = ", ".join(sorted(self._servers)) or "none"
+        self.parse_error = f"{problem}. Fix the file; until then the last good config stays in use (servers: {kept})."
+        self._parse_error_line = line
+        logger.error("%s", self.parse_error, extra={"config_path": str(path), "config_line": line})
+        return DiscoveryChange()
+
+    def _build_entry(self, name: str, raw: object) -> ServerEntry:
+        if not isinstance(raw, dict):
+            raise _EntryError(f"MCP server {name!r}: the entry must be a JSON object")
+        kind = raw.get("type")
+        if kind is not None and kind not in _TYPES:
+            raise _EntryError(f"MCP server {name!r}: unknown type {kind!r}; use one of {', '.join(_TYPES)}")
+        has_command, has_url = "command" in raw, "url" in raw
+        if kind is None:
+            if has_command and has_url:
+                raise _EntryError(f'MCP server {name!r} has both "command" and "url"; set "type" to say which')
+            if not has_command and not has_url:
+                raise _EntryError(
+                    f'MCP server {name!r} has neither "command" (a process to start) nor "url" (a remote '
+                    "server); add one of them"
+                )
+            transport: Transport = "stdio" if has_command else "http"
+        else:
+            transport = _TYPES[kind]
+        disabled = raw.get("disabled", False)
+        if not isinstance(disabled, bool):
+            raise _EntryError(f'MCP server {name!r}: "disabled" must be true or false')
+
+        def text(value: object, what: str) -> str:
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise _EntryError(f"MCP server {name!r}: {what} must be a string")
+            return self._expand(str(value), name, what)
+
+        def mapping(key: str) -> dict[str, str]:
+            value = raw.get(key) or {}
+            if not isinstance(value, dict):
+                raise _EntryError(f'MCP server {name!r}: "{key}" must be an object of strings')
+            return {str(k): text(v, f'"{key}.{k}"') for k, v in value.items()}
+
+        if transport == "stdio":
+            if not raw.get("command"):
+                raise _EntryError(f'MCP server {name!r} is of type stdio but has no "command"; add the command to run')
+            args = raw.get("args") or []
+            if not isinstance(args, list):
+                raise _EntryError(f'MCP server {name!r}: "args" must be a list of strings')
+            cwd = raw.get("cwd")
+            return ServerEntry(
+                name=name,
+                transport="stdio",
+                command=text(raw["command"], '"command"'),
+                args=[text(a, '"args"') for a in args],
+                env=mapping("env"),
+                cwd=text(cwd, '"cwd"') if cwd is not None else None,
+                disabled=disabled,
+            )
+        if not raw.get("url"):
+            raise _EntryError(f'MCP server {name!r} is of type {kind} but has no "url"; add the server\'s URL')
+        url = text(raw["url"], '"url"')
+        if not url.startswith(("http://", "https://")):
+            raise _EntryError(f"MCP server {name!r}: url {url!r} must start with http:// or https://")
+        return ServerEntry(name=name, transport=transport, url=url, headers=mapping("headers"), disabled=disabled)
+
+    def _expand(self, value: str, server: str, what: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            variable, default = match.group(1), match.group(2)
+            found = self._environ.get(variable)
+            if default is not None:
+                # Shell semantics of ${VAR:-default}: unset or empty both take the default.
+                return found if found else default
+            if found is None:
+                raise _EntryError(
+                    f"MCP server {server!r}: environment variable {variable} (used in {what}) is not set; "
+                    f"set it, or write ${{{variable}:-default}} to give a default"
+                )
+            return found
+
+        return _VAR.sub(substitute, value)
+
+
+def _launches_this_bridge(entry: ServerEntry) -> str | None:
+    """Why `entry` would start this bridge (so that an autonomous run would recurse), or None."""
+    if entry.transport != "stdio" or entry.command is None:
+        return None
+    tokens = [entry.command, *entry.args]
+    for token in tokens:
+        base = os.path.basename(token.rstrip("/\\"))
+        if base.removesuffix(".exe") == _BRIDGE_COMMAND:
+            return f"it runs {token!r}, the command of this bridge"
+        lowered = token.lower()
+        if _BRIDGE_PACKAGE in lowered or _BRIDGE_PACKAGE.replace("-", "_") in lowered:
+            return f"it runs the package {_BRIDGE_PACKAGE} (this bridge) via {token!r}"
+        if base == "main.py" and _is_this_projects_main(token, entry.cwd):
+            return f"it runs {token!r}, the main.py of this bridge"
+    for flag, module in zip(tokens, tokens[1:], strict=False):
+        if flag == "-m" and module == "main":
+            return "it runs `-m main`, this bridge's entry module"
+    if "-mmain" in tokens:
+        return "it runs `-mmain`, this bridge's entry module"
+    return None
+
+
+def _is_this_projects_main(token: str, cwd: str | None) -> bool:
+    path = Path(token).expanduser()
+    if not path.is_absolute() and cwd:
+        path = Path(cwd).expanduser() / path
+    try:
+        resolved = path.resolve()
+    except OSError:
+        return False
+    # Another checkout of this project counts too: its main.py sits beside tools/mcp_discovery.py.
+    return resolved == _PROJECT_ROOT / "main.py" or (resolved.parent / "tools" / "mcp_discovery.py").is_file()
