@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bridge import bridge_settings, write_mcp_json
-from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call
+from tests.support.bridge import bridge_settings, model_requests, tool_outputs, write_mcp_json
+from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
 from tools.server import bridge_state
 from tools.state import AppState
 
@@ -44,23 +44,6 @@ def mcp_json(tmp_path: Path) -> Path:
 def bridge(fake: FakeLMStudio, mcp_json: Path) -> Callable[[], AbstractAsyncContextManager[AppState]]:
     # Entered by each test itself: anyio task groups must exit in the task that entered them.
     return lambda: bridge_state(bridge_settings(fake.url, mcp_json))
-
-
-def model_requests(fake: FakeLMStudio) -> list[RecordedRequest]:
-    """The requests of the conversation, without the one-off probe of /v1/responses on a chat-only server."""
-    requests = fake.generation_requests()
-    if fake.responses_api:
-        return requests
-    return [r for r in requests if r.path != "/v1/responses"]
-
-
-def tool_outputs(request: RecordedRequest) -> list[str]:
-    """The tool outputs a request carries back to the model, in order, whichever API it used."""
-    body = request.body or {}
-    if request.path == "/v1/responses":
-        items = body["input"] if isinstance(body["input"], list) else []
-        return [item["output"] for item in items if item.get("type") == "function_call_output"]
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
 
 
 async def test_a_tool_call_runs_on_the_real_server_and_its_output_goes_back(

@@ -11,6 +11,7 @@ from pathlib import Path
 from mcp import Client, StdioServerParameters
 
 from config import Settings, load_config
+from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest
 from tools.server import create_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,3 +66,25 @@ def subprocess_params(env: Mapping[str, str]) -> StdioServerParameters:
 def text_of(result: object) -> str:
     """The concatenated text content of a tool result."""
     return "\n".join(getattr(block, "text", "") for block in getattr(result, "content", []))
+
+
+def model_requests(fake: FakeLMStudio) -> list[RecordedRequest]:
+    """The conversation's requests, without the one-off `/v1/responses` probe on a chat-only server."""
+    requests = fake.generation_requests()
+    if fake.responses_api:
+        return requests
+    return [r for r in requests if r.path != "/v1/responses"]
+
+
+def tool_outputs(request: RecordedRequest) -> list[str]:
+    """The tool outputs the newest round of `request` carries back to the model, in order."""
+    body = request.body or {}
+    if request.path == "/v1/responses":
+        items = body["input"] if isinstance(body["input"], list) else []
+        return [item["output"] for item in items if isinstance(item, dict) and item.get("type") == "function_call_output"]
+    trailing: list[str] = []
+    for message in reversed(body["messages"]):
+        if message["role"] != "tool":
+            break
+        trailing.insert(0, message["content"])
+    return trailing
