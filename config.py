@@ -69,8 +69,12 @@ class Settings(BaseSettings):
     lmstudio_circuit_reset_s: float = Field(
         15.0, gt=0, le=3600, description="Time the breaker stays open before one probe request."
     )
-    lmstudio_max_concurrency: int = Field(
-        4, ge=1, le=256, description="Requests in flight per model; more wait in line."
+    lmstudio_max_concurrency: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="Requests in flight per model (more wait in line); unset: the parallel slots LM Studio "
+        "reports for the loaded model, else 4.",
     )
     model_cache_ttl_s: float = Field(60.0, ge=0, le=86400, description="How long the model list is cached.")
     lmstudio_model_ttl_s: int = Field(
@@ -88,6 +92,18 @@ class Settings(BaseSettings):
         30.0, gt=0, le=600, description="Time for a downstream MCP server to start and initialize."
     )
     mcp_tool_timeout_s: float = Field(120.0, gt=0, le=3600, description="Time for one downstream tool call.")
+    mcp_tool_allow: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON: per server, glob patterns of the only tools offered, e.g. {"filesystem": ["read_*"]}; '
+        'key "*" applies to every server.',
+    )
+    mcp_tool_deny: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON: per server, glob patterns of tools never offered, e.g. {"*": ["delete_*"]}.',
+    )
+    mcp_read_only_tools: bool = Field(
+        False, description="Offer the local model only tools that declare readOnlyHint."
+    )
     mcp_idle_timeout_s: float = Field(
         600.0, ge=0, le=86400, description="Idle time after which a server's session is closed; 0 keeps it."
     )
@@ -112,7 +128,10 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("lmstudio_base_url", "default_model", "lmstudio_api_key", "mcp_json_path", mode="before")
+    @field_validator(
+        "lmstudio_base_url", "default_model", "lmstudio_api_key", "mcp_json_path", "lmstudio_max_concurrency",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # `FOO=` in a shell or an MCP config's env means "not set", not "the empty string".
@@ -127,16 +146,16 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://, e.g. http://localhost:1234")
         return value.rstrip("/").removesuffix("/v1")
 
-    @field_validator("model_aliases", mode="before")
+    @field_validator("model_aliases", "mcp_tool_allow", "mcp_tool_deny", mode="before")
     @classmethod
-    def _parse_aliases(cls, value: Any) -> Any:
+    def _parse_json(cls, value: Any) -> Any:
         if isinstance(value, str):
             if not value.strip():
                 return {}
             try:
                 return json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ValueError(f'must be a JSON object such as {{"coder": "qwen/qwen3-coder-30b"}} ({exc})') from exc
+                raise ValueError(f"must be a JSON object ({exc})") from exc
         return value
 
     @property

@@ -32,6 +32,7 @@ import email.utils
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ from llm.streaming import (
     response_result_from_body,
 )
 from utils.error_handling import CircuitBreaker, CircuitBreakerOpen, retry_with_backoff
+from utils.metrics import Metrics
 
 __all__ = [
     "ChatResult",
@@ -92,6 +94,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MODEL_ROUTES = ("/api/v1/models", "/api/v0/models", "/v1/models")
+DEFAULT_CONCURRENCY = 4
+"""Requests in flight per model when neither LMSTUDIO_MAX_CONCURRENCY nor LM Studio says (its own default)."""
 
 _NO_MODEL_LOADED = re.compile(r"no models? (is |are )?loaded")
 _MODEL_NOT_FOUND = re.compile(
@@ -109,6 +113,7 @@ class ModelInfo:
     max_context_length: int | None
     loaded_instances: tuple[str, ...] = ()
     trained_for_tool_use: bool | None = None
+    parallel: int | None = None  # predictions a loaded instance runs at once (LM Studio 0.4+)
 
     @property
     def is_embedding(self) -> bool:
@@ -137,7 +142,9 @@ class _Shared:
 
     http: httpx.AsyncClient
     breaker: CircuitBreaker
+    metrics: Metrics
     semaphores: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+    parallel: dict[str, int] = field(default_factory=dict)
     models_route: str | None = None
 
 
@@ -152,19 +159,21 @@ class LLMClient:
         http: httpx.AsyncClient | None = None,
         breaker: CircuitBreaker | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._config = config
         self._model = model
         self._owns_http = http is None
         if http is None:
             # Several models can each have max_concurrency requests in flight, plus model listings.
-            slots = config.lmstudio_max_concurrency * 4 + 4
+            slots = (config.lmstudio_max_concurrency or DEFAULT_CONCURRENCY) * 4 + 4
             http = httpx.AsyncClient(
                 timeout=httpx.Timeout(config.lmstudio_request_timeout_s, connect=config.lmstudio_connect_timeout_s),
                 limits=httpx.Limits(max_connections=slots, max_keepalive_connections=slots),
             )
         self._shared = _Shared(
             http=http,
+            metrics=metrics if metrics is not None else Metrics(),
             breaker=breaker
             or CircuitBreaker(config.lmstudio_circuit_failures, config.lmstudio_circuit_reset_s, name=config.base_url),
         )
@@ -178,6 +187,7 @@ class LLMClient:
             exceptions=RETRYABLE_ERRORS,
             # Retrying against an open breaker would only wait to fail the same way.
             should_retry=lambda error: not isinstance(error, CircuitOpenError),
+            on_retry=lambda error, attempt, delay: self._shared.metrics.inc("llm_retries", kind=type(error).__name__),
             sleep=sleep,
         )(self._send_once)
 
@@ -234,6 +244,9 @@ class LLMClient:
         except ValueError as exc:
             raise await self._translate(exc, path=route) from exc
         self._shared.models_route = route
+        for info in models:
+            if info.parallel:
+                self._shared.parallel[info.id] = info.parallel
         return models
 
     async def resolve_model(self, model: str | None = None) -> str:
@@ -368,9 +381,16 @@ class LLMClient:
         return body
 
     def _slot(self, model: str) -> asyncio.Semaphore:
+        """The queue of `model`: LMSTUDIO_MAX_CONCURRENCY in flight, else the slots LM Studio reports."""
         semaphores = self._shared.semaphores
         if model not in semaphores:
-            semaphores[model] = asyncio.Semaphore(self._config.lmstudio_max_concurrency)
+            limit = (
+                self._config.lmstudio_max_concurrency
+                or self._shared.parallel.get(model.split(":")[0])
+                or DEFAULT_CONCURRENCY
+            )
+            logger.debug("at most %d requests in flight for %s", limit, model)
+            semaphores[model] = asyncio.Semaphore(limit)
         return semaphores[model]
 
     async def _send_once(
@@ -384,14 +404,20 @@ class LLMClient:
             raise CircuitOpenError(self.base_url, exc.retry_after_s) from exc
         request = self._shared.http.build_request(method, self.base_url + path, json=body, headers=self._headers)
         logger.debug("%s %s (model %s, stream %s)", method, path, model, stream)
+        metrics = self._shared.metrics
+        metrics.inc("llm_requests", endpoint=path)
+        started = time.perf_counter()
         try:
             response = await self._shared.http.send(request, stream=stream)
         except httpx.HTTPError as exc:
             error = await self._translate(exc, path=path, model=model)
+            metrics.inc("llm_failures", kind=type(error).__name__)
             if isinstance(error, (LLMConnectionError, LLMTimeoutError)):
                 breaker.record_failure()
             raise error from exc
         breaker.record_success()
+        # Time to the response headers: the whole answer unless streamed.
+        metrics.observe("llm_request_ms", (time.perf_counter() - started) * 1000, endpoint=path)
         if not response.is_error:
             return response
         try:
@@ -400,7 +426,9 @@ class LLMClient:
             raise await self._translate(exc, path=path, model=model) from exc
         finally:
             await response.aclose()
-        raise await self._translate(response, path=path, model=model)
+        error = await self._translate(response, path=path, model=model)
+        metrics.inc("llm_failures", kind=type(error).__name__)
+        raise error
 
     async def _get_json(self, path: str) -> object:
         response = await self._send("GET", path, None, None, False)
@@ -624,6 +652,11 @@ def _parse_models(data: object) -> list[ModelInfo]:
         state = entry.get("state")
         if state is None and isinstance(raw_instances, list):
             state = "loaded" if instances else "not-loaded"
+        parallel = sum(
+            i["config"]["parallel"]
+            for i in raw_instances or ()
+            if isinstance(i, dict) and isinstance(i.get("config"), dict) and isinstance(i["config"].get("parallel"), int)
+        )
         capabilities = entry.get("capabilities")
         tool_use = capabilities.get("trained_for_tool_use") if isinstance(capabilities, dict) else None
         context = entry.get("max_context_length")
@@ -635,6 +668,7 @@ def _parse_models(data: object) -> list[ModelInfo]:
                 max_context_length=context if isinstance(context, int) else None,
                 loaded_instances=instances,
                 trained_for_tool_use=tool_use if isinstance(tool_use, bool) else None,
+                parallel=parallel or None,
             )
         )
     return models

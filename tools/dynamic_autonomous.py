@@ -34,6 +34,7 @@ from mcp.types import (
     ResourceLink,
     TextContent,
     TextResourceContents,
+    Tool,
 )
 
 from config import Settings
@@ -53,6 +54,7 @@ from tools.exceptions import MCPBridgeError, MCPConfigError
 from tools.mcp_discovery import MCPDiscovery, ServerEntry
 from tools.progress import ProgressReporter
 from tools.session_pool import MCPSessionPool
+from tools.tool_policy import apply_tool_policy
 from tools.tool_schema import ArgumentError, BridgedTool, build_toolset, parse_arguments
 from utils.logging import run_id
 from utils.metrics import Metrics, tracer
@@ -244,9 +246,11 @@ class DynamicAutonomousAgent:
         logger.info("autonomous run: model %s, servers %s", resolved, list(servers) if servers else "(all)")
 
         # 2. The servers and their tools.
-        entries, notes = self._entries(servers)
-        tools_by_server, start_notes = await self._tools(entries, explicit=servers is not None)
+        entries, notes = await self._entries(servers)
+        tools_by_server, start_notes = await self._tools(entries)
         notes += start_notes
+        tools_by_server, policy_notes = apply_tool_policy(tools_by_server, self.settings)
+        notes += policy_notes
         toolset, schema_notes = build_toolset(tools_by_server, namespaced=len(tools_by_server) > 1)
         notes += schema_notes
         await progress.report(
@@ -328,10 +332,15 @@ class DynamicAutonomousAgent:
         )
         return result
 
-    def _entries(self, names: Sequence[str] | None) -> tuple[list[ServerEntry], list[str]]:
-        """The entries to use, from the current config file (re-read only if it changed)."""
+    async def _entries(self, names: Sequence[str] | None) -> tuple[list[ServerEntry], list[str]]:
+        """The entries to use, from the current config file (re-read only if it changed).
+
+        Sessions of entries that changed or went away are closed first, so a changed server
+        restarts with its new settings on this very call.
+        """
         change = self.discovery.refresh()
-        self._pending_change = change
+        if change:
+            await self.pool.apply(change)
         notes: list[str] = []
         if self.discovery.parse_error:
             notes.append(self.discovery.parse_error)
@@ -358,15 +367,14 @@ class DynamicAutonomousAgent:
         return entries, notes
 
     async def _tools(
-        self, entries: list[ServerEntry], *, explicit: bool
-    ) -> tuple[dict[str, list[object]], list[str]]:
+        self, entries: list[ServerEntry]
+    ) -> tuple[dict[str, list[Tool]], list[str]]:
         """Each server's tool list, starting servers as needed (concurrently).
 
         A server that fails to start is an error when it was the only one asked for; with
         several, the others still work and the failure becomes a note.
         """
-        await self.pool.apply(self._pending_change)
-        results: dict[str, list[object]] = {}
+        results: dict[str, list[Tool]] = {}
         failures: dict[str, MCPBridgeError] = {}
 
         async def load(entry: ServerEntry) -> None:
@@ -381,7 +389,7 @@ class DynamicAutonomousAgent:
         if failures and (len(entries) == 1 or not results):
             raise next(iter(failures.values()))
         ordered = {e.name: results[e.name] for e in entries if e.name in results}
-        return ordered, [f"server {name} unavailable: {exc}" for name, exc in failures.items()]  # type: ignore[return-value]
+        return ordered, [f"server {name} unavailable: {exc}" for name, exc in failures.items()]
 
     async def _open(
         self, task: str, specs: list, options: GenerationOptions, state: _RunState
@@ -433,8 +441,16 @@ class DynamicAutonomousAgent:
             await progress.report(
                 f"round {state.rounds}: calling {tool.llm_name} ({time.monotonic() - state.started:.0f} s)", force=True
             )
-            ok, output = await self._call(tool, call.arguments)
+            with tracer.start_as_current_span("tool_call") as span:
+                span.set_attribute("mcp.server", tool.server)
+                span.set_attribute("mcp.tool", tool.tool_name)
+                ok, output = await self._call(tool, call.arguments)
+                span.set_attribute("ok", ok)
             elapsed_ms = (time.monotonic() - started) * 1000
+            logger.info(
+                "round %d: %s on %s %s in %.0f ms", state.rounds, tool.tool_name, tool.server,
+                "ok" if ok else "failed", elapsed_ms,
+            )
             self.metrics.inc("tool_calls", server=tool.server, ok=str(ok).lower())
             self.metrics.observe("tool_call_ms", elapsed_ms, server=tool.server)
             state.calls.append(ToolCallRecord(tool.llm_name, tool.server, ok, elapsed_ms, None if ok else output[:200]))

@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tools.exceptions import MCPConfigError, MCPServerNotFoundError
+from utils.logging import register_secret
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,9 @@ class MCPDiscovery:
                 excluded[name] = why
                 logger.info("Excluding MCP server %r: %s", name, why)
                 continue
+            # Values of env and headers are typically tokens: keep them out of every log line.
+            for secret in (*entry.env.values(), *entry.headers.values()):
+                register_secret(secret)
             servers[name] = entry
 
         old = self._servers

@@ -19,6 +19,7 @@ from mcp.types import CallToolResult, TextContent
 from config import ConfigError
 from llm.exceptions import LLMError
 from tools.exceptions import MCPBridgeError
+from utils.logging import redact
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +28,25 @@ P = ParamSpec("P")
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (LLMError, MCPBridgeError, ConfigError)
 
 
+def _scrubbed(data: Mapping[str, object] | None) -> dict[str, object] | None:
+    if data is None:
+        return None
+    # Through JSON is the simplest way to reach every nested string; parse back only if something changed.
+    text = json.dumps(data, default=str)
+    scrubbed = redact(text)
+    return dict(data) if scrubbed == text else json.loads(scrubbed)
+
+
 def success(text: str, data: Mapping[str, object] | None = None) -> CallToolResult:
-    """A successful result: `text` for Claude to read, `data` as structured content."""
-    return CallToolResult(
-        content=[TextContent(type="text", text=text)],
-        structured_content=dict(data) if data is not None else None,
-    )
+    """A successful result: `text` for Claude to read, `data` as structured content (secrets masked)."""
+    return CallToolResult(content=[TextContent(type="text", text=redact(text))], structured_content=_scrubbed(data))
 
 
 def failure(message: str, data: Mapping[str, object] | None = None) -> CallToolResult:
-    """A failed result (`isError: true`); the text always starts with `Error:`."""
+    """A failed result (`isError: true`); the text always starts with `Error:` (secrets masked)."""
     text = message if message.startswith("Error:") else f"Error: {message}"
     return CallToolResult(
-        content=[TextContent(type="text", text=text)],
-        structured_content=dict(data) if data is not None else None,
-        is_error=True,
+        content=[TextContent(type="text", text=redact(text))], structured_content=_scrubbed(data), is_error=True
     )
 
 

@@ -40,7 +40,8 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
     """Build the bridge's long-lived parts, and close them all (MCP sessions, HTTP client) on exit."""
     register_secret(settings.lmstudio_api_key.get_secret_value() if settings.lmstudio_api_key else None)
     async with AsyncExitStack() as stack:
-        llm = await stack.enter_async_context(LLMClient(settings))
+        metrics = Metrics()
+        llm = await stack.enter_async_context(LLMClient(settings, metrics=metrics))
         # The client already retries each request; the validator's own retry would multiply attempts.
         validator = ModelValidator(
             llm, cache_ttl_s=settings.model_cache_ttl_s, aliases=settings.model_aliases, fetch_attempts=1
@@ -53,7 +54,6 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
                 idle_timeout_s=settings.mcp_idle_timeout_s,
             )
         )
-        metrics = Metrics()
         agent = DynamicAutonomousAgent(
             settings=settings, llm=llm, validator=validator, discovery=discovery, pool=pool, metrics=metrics
         )

@@ -48,6 +48,7 @@ def retry_with_backoff(
     jitter: bool = True,
     max_total_s: float | None = None,
     should_retry: Callable[[BaseException], bool] | None = None,
+    on_retry: Callable[[BaseException, int, float], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
     sync_sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
@@ -60,6 +61,7 @@ def retry_with_backoff(
         max_delay: the cap on one delay.
         exceptions: what may be retried; anything else propagates at once.
         jitter: draw each delay uniformly from [0, delay] (full jitter).
+        on_retry: told (error, attempt, delay) before each retry, e.g. to count retries.
         max_total_s: give up rather than start a sleep that would end past this many seconds
             since the first attempt.
         should_retry: a further filter on retryable errors (e.g. "not a 4xx").
@@ -97,6 +99,8 @@ def retry_with_backoff(
             logger.warning(
                 "%s failed (attempt %d of %d), retrying in %.2f s: %r", name, attempt, max_retries, delay, error
             )
+            if on_retry is not None:
+                on_retry(error, attempt, delay)
             return delay
 
         if inspect.iscoroutinefunction(func):

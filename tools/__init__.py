@@ -1,0 +1,1 @@
+"""What the bridge exposes over MCP, and the autonomous agent behind it."""
