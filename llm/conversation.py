@@ -14,10 +14,14 @@ Both return a `ModelTurn` per round; the agent never needs to know which one it 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
+from llm.exceptions import ContextLengthExceededError
 from llm.llm_client import LLMClient, OnEvent, ToolCall, Usage
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +59,11 @@ class ModelTurn:
 
 @dataclass
 class GenerationOptions:
-    """Per-run generation settings shared by both strategies."""
+    """Per-run generation settings shared by both strategies.
+
+    `stream` turns False for the rest of the run when a streamed request came back as an
+    empty 200 (llama.cpp's server does this for tool calls with `tool_choice: "auto"`).
+    """
 
     model: str
     instructions: str
@@ -63,6 +71,24 @@ class GenerationOptions:
     temperature: float | None = None
     on_event: OnEvent | None = None
     stream: bool = True
+
+
+async def generate(options: GenerationOptions, send: Callable[[bool], Awaitable[T]]) -> T:
+    """`send(stream)` streamed when allowed; an empty 200 stream is retried once without streaming.
+
+    An empty stream is also how LM Studio reports a full context; the unstreamed retry then
+    gets the proper 400 and its message.
+    """
+    if not options.stream:
+        return await send(False)
+    try:
+        return await send(True)
+    except ContextLengthExceededError as exc:
+        if exc.status_code != 200:
+            raise
+        logger.info("a streamed answer came back empty: asking again without streaming, for the rest of the run")
+        options.stream = False
+        return await send(False)
 
 
 class Conversation(Protocol):
@@ -98,16 +124,19 @@ class ResponsesConversation:
 
     async def _send(self, input_: str | list[dict[str, object]]) -> ModelTurn:
         options = self._options
-        result = await self._llm.create_response(
-            input_,  # type: ignore[arg-type]
-            model=options.model,
-            previous_response_id=self.previous_response_id,
-            tools=self._tools or None,
-            instructions=options.instructions,
-            temperature=options.temperature,
-            max_output_tokens=options.max_tokens,
-            stream=options.stream,
-            on_event=options.on_event,
+        result = await generate(
+            options,
+            lambda stream: self._llm.create_response(
+                input_,  # type: ignore[arg-type]
+                model=options.model,
+                previous_response_id=self.previous_response_id,
+                tools=self._tools or None,
+                instructions=options.instructions,
+                temperature=options.temperature,
+                max_output_tokens=options.max_tokens,
+                stream=stream,
+                on_event=options.on_event,
+            ),
         )
         # Chain from the newest response: the whole point of the stateful API.
         self.previous_response_id = result.id
@@ -153,15 +182,18 @@ class ChatConversation:
 
     async def _send(self) -> ModelTurn:
         options = self.options
-        result = await self.llm.chat_completion(
-            self.messages,
-            model=options.model,
-            temperature=options.temperature if options.temperature is not None else 0.7,
-            max_tokens=options.max_tokens,
-            tools=self._tool_payload(),
-            tool_choice="auto" if self.tools else None,
-            stream=options.stream,
-            on_event=options.on_event,
+        result = await generate(
+            options,
+            lambda stream: self.llm.chat_completion(
+                self.messages,
+                model=options.model,
+                temperature=options.temperature if options.temperature is not None else 0.7,
+                max_tokens=options.max_tokens,
+                tools=self._tool_payload(),
+                tool_choice="auto" if self.tools else None,
+                stream=stream,
+                on_event=options.on_event,
+            ),
         )
         assistant: dict[str, object] = {"role": "assistant", "content": result.content or ""}
         if result.tool_calls:

@@ -247,3 +247,17 @@ async def test_usage_is_summed_over_rounds(bridge: Callable[[], AbstractAsyncCon
         result = await state.agent.run(["time"], "time?")
         assert result.usage["input_tokens"] == 220
         assert result.usage["output_tokens"] == 15
+
+
+async def test_an_empty_streamed_answer_is_asked_again_unstreamed_and_remembered(
+    bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
+) -> None:
+    # llama.cpp's server answers a streamed request with tools by an empty 200.
+    async with bridge() as state:
+        fake.set_script([Turn(empty_stream=True), Turn(text="unstreamed answer"), Turn(text="second run")])
+        first = await state.agent.run(["time"], "anything")
+        second = await state.agent.run(["time"], "anything else")
+    assert first.stop_reason == "completed" and first.answer == "unstreamed answer"
+    assert second.answer == "second run"
+    streamed = [bool(r.body.get("stream")) for r in model_requests(fake)]
+    assert streamed == [True, False, False]

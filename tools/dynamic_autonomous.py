@@ -153,6 +153,7 @@ class DynamicAutonomousAgent:
         self.discovery = discovery
         self.pool = pool
         self.metrics = metrics or Metrics()
+        self._streaming_works = True
         # None until the first run finds out whether the server has a response store.
         self._responses_supported: bool | None = {"auto": None, "responses": True, "chat": False}[
             settings.lmstudio_api_mode
@@ -272,13 +273,19 @@ class DynamicAutonomousAgent:
             instructions=INSTRUCTIONS,
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
             on_event=on_event,
+            stream=self._streaming_works,
         )
+
+        def waiting() -> str:
+            return f"round {state.rounds}: waiting for {resolved} ({time.monotonic() - started:.0f} s)"
+
         stop: StopReason = "completed"
         error: str | None = None
         api = "chat"
         try:
             with anyio.move_on_after(self.settings.autonomous_timeout_s) as deadline:
-                conversation, turn = await self._open(task, [t.spec() for t in toolset.values()], options, state)
+                async with progress.heartbeat(waiting):
+                    conversation, turn = await self._open(task, [t.spec() for t in toolset.values()], options, state)
                 api = conversation.api
                 while True:
                     state.take(turn)
@@ -297,7 +304,8 @@ class DynamicAutonomousAgent:
                         f"({time.monotonic() - started:.0f} s)",
                         force=True,
                     )
-                    turn = await conversation.send_tool_outputs(outputs)
+                    async with progress.heartbeat(waiting):
+                        turn = await conversation.send_tool_outputs(outputs)
             if deadline.cancelled_caught:
                 stop = "timeout"
         except LLMError as exc:
@@ -308,6 +316,8 @@ class DynamicAutonomousAgent:
             logger.info("autonomous run cancelled by the caller after %d rounds", state.rounds)
             raise
 
+        if not options.stream and self._streaming_works:
+            self._streaming_works = False  # learnt this run: later runs ask unstreamed at once
         result = RunResult(
             answer=state.answer,
             model=resolved,

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
 
 from mcp.server.mcpserver import Context
 
@@ -49,3 +52,26 @@ class ProgressReporter:
             # A client that went away must not fail the work it asked for; the run's own
             # cancellation (if any) arrives separately as CancelledError.
             logger.debug("progress notification not delivered", exc_info=True)
+
+    @asynccontextmanager
+    async def heartbeat(self, message: Callable[[], str], every_s: float = 5.0) -> AsyncIterator[None]:
+        """While the body runs, report `message()` every `every_s` seconds.
+
+        A generation that is not streamed (or streams slowly) would otherwise leave Claude
+        with no sign of life, and Claude Code times a silent call out.
+        """
+        if self._ctx is None:
+            yield
+            return
+        async with anyio.create_task_group() as tg:
+
+            async def beat() -> None:
+                while True:
+                    await anyio.sleep(every_s)
+                    await self.report(message(), force=True)
+
+            tg.start_soon(beat)
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()

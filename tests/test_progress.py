@@ -1,0 +1,47 @@
+"""Progress notifications: throttled while streaming, and a heartbeat while a model is silent."""
+
+from __future__ import annotations
+
+import anyio
+
+from tools.progress import ProgressReporter
+
+
+class RecordingContext:
+    """Stands in for the MCP request context: records each progress notification."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.arrived = anyio.Event()
+
+    async def report_progress(self, progress: float, total: float | None = None, message: str | None = None) -> None:
+        self.messages.append(message or "")
+        self.arrived.set()
+
+
+async def test_reports_closer_than_the_interval_are_dropped_unless_forced() -> None:
+    now = [100.0]
+    ctx = RecordingContext()
+    reporter = ProgressReporter(ctx, min_interval_s=1.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    await reporter.report("a")
+    await reporter.report("b")
+    await reporter.report("c", force=True)
+    now[0] += 1.5
+    await reporter.report("d")
+    assert ctx.messages == ["a", "c", "d"]
+
+
+async def test_the_heartbeat_reports_while_the_body_waits() -> None:
+    ctx = RecordingContext()
+    reporter = ProgressReporter(ctx)  # type: ignore[arg-type]
+    with anyio.fail_after(5):
+        async with reporter.heartbeat(lambda: "still waiting", every_s=0.01):
+            await ctx.arrived.wait()
+    assert ctx.messages[0] == "still waiting"
+
+
+async def test_without_a_client_context_nothing_is_sent() -> None:
+    reporter = ProgressReporter(None)
+    async with reporter.heartbeat(lambda: "x", every_s=0.01):
+        await reporter.report("y", force=True)
+    assert reporter.sent == 0
