@@ -18,6 +18,9 @@ Every call goes through `_send` (retries, circuit breaker) and every failure thr
     200 carrying an error (in the body or mid-stream)          the row above for its text, else LLMResponseError
     200 stream with no content, no tool call, no finish        ContextLengthExceededError (LM Studio's
                                                                context-overflow bug; the message says so)
+    200 stream with output that ends without a finish          LLMResponseError ("ended before the model finished")
+    connection dropped or reset after the stream started       LLMConnectionError ("cut off mid-answer")
+    streamed request answered with a JSON body                 the rows above for that body, never the overflow row
 
 Status errors raised without an HTTP status behind them carry `status_code=0`.
 Retried (per request, from settings): `RETRYABLE_ERRORS` except `CircuitOpenError`. A streamed
@@ -125,6 +128,14 @@ class EmbeddingsResult:
     embeddings: list[list[float]]
     model: str | None
     usage: Usage | None
+
+
+class _StreamEndedEarly(Exception):
+    """A stream that carried some output but closed before the model finished (no finish reason)."""
+
+    def __init__(self, chars: int) -> None:
+        super().__init__(f"stream ended after {chars} characters without a finish")
+        self.chars = chars
 
 
 class _ErrorIn200(Exception):
@@ -457,6 +468,10 @@ class LLMClient:
         """The JSON payloads of a streamed answer with their SSE event names."""
         response = await self._send("POST", path, {**body, "stream": True}, model, True)
         try:
+            if "json" in response.headers.get("content-type", ""):
+                # Not a stream at all (an error, or a proxy's answer): judge it by its body, not as an
+                # empty stream, which would read as LM Studio's context-overflow bug.
+                await self._raise_for_json_instead_of_stream(await response.aread(), path, model)
             async for sse in aiter_sse(response.aiter_bytes()):
                 try:
                     payload = sse.json()
@@ -466,9 +481,22 @@ class LLMClient:
                     raise await self._translate(exc, path=path, model=model) from exc
                 yield sse.event, payload
         except httpx.HTTPError as exc:
-            raise await self._translate(exc, path=path, model=model) from exc
+            raise await self._translate(exc, path=path, model=model, mid_stream=True) from exc
         finally:
             await response.aclose()
+
+    async def _raise_for_json_instead_of_stream(self, raw: bytes, path: str, model: str) -> None:
+        text = raw.decode("utf-8", errors="replace")
+        if not text.strip():
+            return  # an empty body is handled like an empty stream
+        data = _json_or_text(text)
+        message = _error_message(data)[0] if isinstance(data, dict) and data.get("error") else ""
+        problem: Exception = (
+            _ErrorIn200(message, text)
+            if message
+            else ValueError(f"expected an event stream, got a JSON body: {text[:200]!r}")
+        )
+        raise await self._translate(problem, path=path, model=model)
 
     async def _stream_chat(
         self,
@@ -489,6 +517,9 @@ class LLMClient:
                         await on_event(event)
         if accumulator.ended_empty:
             raise await self._translate(_ErrorIn200(""), path=path, model=model)
+        if accumulator.finish_reason is None:
+            partial = accumulator.result()
+            raise await self._translate(_StreamEndedEarly(len(partial.content)), path=path, model=model)
 
     async def _stream_response(
         self, path: str, body: dict[str, object], model: str, on_event: OnEvent | None
@@ -504,13 +535,33 @@ class LLMClient:
                     raise await self._translate(failure, path=path, model=model)
         if accumulator.ended_empty:
             raise await self._translate(_ErrorIn200(""), path=path, model=model)
-        return accumulator.result()
+        result = accumulator.result()
+        if result.status in (None, "queued", "in_progress"):  # no response.completed/incomplete/failed came
+            raise await self._translate(_StreamEndedEarly(len(result.text)), path=path, model=model)
+        return result
 
     async def _translate(
-        self, problem: BaseException | httpx.Response, *, path: str, model: str | None = None
+        self, problem: BaseException | httpx.Response, *, path: str, model: str | None = None, mid_stream: bool = False
     ) -> LLMError:
-        """The one place a transport failure, status or unusable answer becomes an `LLMError`."""
+        """The one place a transport failure, status or unusable answer becomes an `LLMError`.
+
+        `mid_stream`: the failure came while reading a stream whose response had already begun.
+        """
         where = f"{self.base_url}{path}"
+        if mid_stream and isinstance(problem, (httpx.NetworkError, httpx.RemoteProtocolError)):
+            return LLMConnectionError(
+                f"LM Studio's stream from {where} was cut off mid-answer ({type(problem).__name__}: {problem}). "
+                "LM Studio may have crashed, restarted or unloaded the model: check its server log, then retry.",
+                problem,
+                base_url=self.base_url,
+            )
+        if isinstance(problem, _StreamEndedEarly):
+            return LLMResponseError(
+                f"LM Studio's stream from {where} ended before the model finished ({problem.chars} characters "
+                "of answer had arrived, then no finish). The connection was cut or LM Studio stopped "
+                "generating: check its server log, then retry.",
+                problem,
+            )
         if isinstance(problem, httpx.TimeoutException):
             if isinstance(problem, httpx.ConnectTimeout):
                 seconds, setting = self._config.lmstudio_connect_timeout_s, "LMSTUDIO_CONNECT_TIMEOUT_S"
@@ -568,8 +619,9 @@ class LLMClient:
             )
         if status in (200, 400, 413) and _CONTEXT_FULL.search(text):
             return ContextLengthExceededError(
-                f"The conversation does not fit the model's context: {shown}. Shorten it, lower max_tokens, "
-                "or load the model with a larger context length in LM Studio.",
+                f"The conversation does not fit the model's context: {shown}. Send a shorter prompt or task "
+                "(an autonomous run: fewer or smaller tool results, e.g. a lower TOOL_OUTPUT_MAX_CHARS), lower "
+                "max_tokens, or load the model with a larger context length in LM Studio.",
                 status_code=status,
                 body=body,
             )

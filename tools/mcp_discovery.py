@@ -33,6 +33,8 @@ Transport = Literal["stdio", "http", "sse"]
 
 _TYPES: dict[str, Transport] = {"stdio": "stdio", "http": "http", "streamable-http": "http", "sse": "sse"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_NAME = re.compile(r"token|key|secret|passw|auth|credential|cookie|session", re.IGNORECASE)
+_SECRET_MIN_CHARS = 6
 _BRIDGE_COMMAND = "lmstudio-bridge"
 _BRIDGE_PACKAGE = "lmstudio-bridge-enhanced"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -226,8 +228,7 @@ class MCPDiscovery:
                 excluded[name] = why
                 logger.info("Excluding MCP server %r: %s", name, why)
                 continue
-            # Values of env and headers are typically tokens: keep them out of every log line.
-            for secret in (*entry.env.values(), *entry.headers.values()):
+            for secret in _secret_values(entry):
                 register_secret(secret)
             servers[name] = entry
 
@@ -330,6 +331,16 @@ class MCPDiscovery:
             return found
 
         return _VAR.sub(substitute, value)
+
+
+def _secret_values(entry: ServerEntry) -> list[str]:
+    """The entry's env and header values that hold credentials, to keep out of logs and results.
+
+    Only values under a credential-like name: masking every value (PYTHONPATH, DEBUG=1, a data
+    file's path) would scramble every later message that happens to contain that text.
+    """
+    pairs = [*entry.env.items(), *entry.headers.items()]
+    return [value for key, value in pairs if _SECRET_NAME.search(key) and len(value) >= _SECRET_MIN_CHARS]
 
 
 def _launches_this_bridge(entry: ServerEntry) -> str | None:

@@ -281,7 +281,10 @@ class MCPSessionPool:
                     async with AsyncExitStack() as stack:
                         client = Client(
                             self._transport(session, errlog),
-                            read_timeout_seconds=self._call_timeout_s,
+                            # initialize is bounded by start_timeout_s (the scope above), not by the call
+                            # timeout: a slow starter (npx fetching a package) is not a slow tool. Every
+                            # later request carries its own bound (see _request and call_tool).
+                            read_timeout_seconds=max(self._call_timeout_s, self._start_timeout_s),
                             message_handler=session.on_message,
                             mode=_PROTOCOL_MODE,
                             cache=None,  # the pool caches the tool list itself and refreshes on list_changed
