@@ -182,7 +182,9 @@ class FakeLMStudio:
         if self._thread is not None:
             raise RuntimeError("FakeLMStudio is already started")
         self._stopping.clear()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on accepted connections only when
+        # the listening socket says TCP, and without it small replies wait ~40 ms for a delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self._socket = sock
