@@ -55,6 +55,7 @@ class ModelTurn:
     tool_calls: list[ToolCall]
     usage: Usage | None = None
     response_id: str | None = None
+    model: str | None = None  # as the server reports it
 
 
 @dataclass
@@ -146,6 +147,7 @@ class ResponsesConversation:
             tool_calls=list(result.tool_calls),
             usage=result.usage,
             response_id=result.id,
+            model=result.model,
         )
 
 
@@ -207,5 +209,6 @@ class ChatConversation:
             reasoning=result.reasoning,
             tool_calls=list(result.tool_calls),
             usage=result.usage,
+            model=result.model,
         )
 

@@ -169,3 +169,25 @@ class ModelValidator:
         self._fetched_at = self._clock()
         logger.debug("Model list refreshed: %d models", len(infos))
         return infos
+
+
+async def resolve_model_for_call(
+    validator: ModelValidator,
+    client: LLMClient,
+    requested: str | None,
+    *,
+    default_model: str | None,
+    purpose: Purpose = "chat",
+) -> str:
+    """The concrete model id one call uses, validated before anything runs.
+
+    The model asked for (alias resolved, checked against LM Studio's list), else DEFAULT_MODEL
+    (checked the same way, so a typo there fails clearly too), else the model LM Studio has loaded.
+
+    Raises:
+        ModelNotFoundError, ModelTypeError: the name cannot be used.
+        LLMConnectionError: LM Studio cannot be reached to check it.
+    """
+    name = requested if requested not in (None, "", "default") else default_model
+    resolved = await validator.resolve_model_name(name, purpose=purpose)
+    return resolved if resolved is not None else await client.resolve_model(None)

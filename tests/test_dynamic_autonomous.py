@@ -174,6 +174,7 @@ async def test_max_rounds_stops_the_run_as_a_result_not_an_error(bridge: Callabl
         assert result.rounds == 2
         assert result.answer == "step 1"
         assert len(model_requests(fake)) == 2
+        assert result.notes[-1].startswith("max_rounds reached; not run: get_current_time(")
 
 
 async def test_the_overall_timeout_stops_a_slow_run(fake: FakeLMStudio, mcp_json: Path) -> None:
@@ -261,3 +262,23 @@ async def test_an_empty_streamed_answer_is_asked_again_unstreamed_and_remembered
     assert second.answer == "second run"
     streamed = [bool(r.body.get("stream")) for r in model_requests(fake)]
     assert streamed == [True, False, False]
+
+
+async def test_a_default_model_alias_is_resolved_and_checked(fake: FakeLMStudio, mcp_json: Path) -> None:
+    settings = bridge_settings(
+        fake.url, mcp_json, DEFAULT_MODEL="thinker", MODEL_ALIASES='{"thinker": "mistralai/magistral-small-2509"}'
+    )
+    fake.set_script([Turn(text="ok")])
+    async with bridge_state(settings) as state:
+        result = await state.agent.run(["time"], "anything")
+    assert result.model == "mistralai/magistral-small-2509"
+    assert model_requests(fake)[-1].body["model"] == "mistralai/magistral-small-2509"
+
+
+async def test_a_default_model_that_does_not_exist_fails_clearly(fake: FakeLMStudio, mcp_json: Path) -> None:
+    from llm.exceptions import ModelNotFoundError
+
+    async with bridge_state(bridge_settings(fake.url, mcp_json, DEFAULT_MODEL="qwen/qwen3-coder-3b")) as state:
+        with pytest.raises(ModelNotFoundError) as caught:
+            await state.agent.run(["time"], "anything")
+    assert "Did you mean qwen/qwen3-coder-30b" in str(caught.value)

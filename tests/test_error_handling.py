@@ -320,3 +320,44 @@ def test_breaker_logs_its_transitions(fake_time: FakeTime, caplog: pytest.LogCap
         (logging.INFO, "Circuit 'lmstudio' half-open"),
         (logging.INFO, "Circuit 'lmstudio' closed"),
     ]
+
+
+async def test_a_retry_after_hint_is_waited_for() -> None:
+    waits: list[float] = []
+
+    async def record(delay: float) -> None:
+        waits.append(delay)
+
+    class Busy(Exception):
+        retry_after_s = 2.0
+
+    attempts = []
+
+    @retry_with_backoff(max_retries=2, base_delay=0.1, max_delay=5.0, exceptions=(Busy,), jitter=False, sleep=record)
+    async def busy_once() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise Busy()
+        return "ok"
+
+    assert await busy_once() == "ok"
+    assert waits == [2.0]
+
+
+async def test_a_retry_after_longer_than_max_delay_is_not_waited_for() -> None:
+    class Busy(Exception):
+        retry_after_s = 60.0
+
+    attempts = []
+
+    async def never(delay: float) -> None:
+        raise AssertionError("should not sleep")
+
+    @retry_with_backoff(max_retries=3, base_delay=0.1, max_delay=5.0, exceptions=(Busy,), sleep=never)
+    async def busy() -> None:
+        attempts.append(1)
+        raise Busy()
+
+    with pytest.raises(Busy):
+        await busy()
+    assert len(attempts) == 1

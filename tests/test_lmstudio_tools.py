@@ -74,6 +74,7 @@ async def test_list_models_shows_type_state_and_context_length(bridge: Bridge) -
             "type": "llm",
             "state": "loaded",
             "max_context_length": 262144,
+            "trained_for_tool_use": None,
         }
         assert rows["text-embedding-nomic-embed-text-v1.5"]["type"] == "embeddings"
 

@@ -45,3 +45,14 @@ async def test_without_a_client_context_nothing_is_sent() -> None:
     async with reporter.heartbeat(lambda: "x", every_s=0.01):
         await reporter.report("y", force=True)
     assert reporter.sent == 0
+
+
+async def test_an_error_in_the_body_comes_out_as_itself_not_wrapped() -> None:
+    reporter = ProgressReporter(RecordingContext())  # type: ignore[arg-type]
+    try:
+        async with reporter.heartbeat(lambda: "x", every_s=10):
+            raise KeyError("the body's own error")
+    except KeyError as exc:
+        assert exc.args == ("the body's own error",)
+    else:
+        raise AssertionError("the error was swallowed")

@@ -48,7 +48,7 @@ from llm.conversation import (
 )
 from llm.exceptions import EndpointNotSupportedError, LLMError
 from llm.llm_client import LLMClient, StreamEvent, ToolCall
-from llm.model_validator import ModelValidator
+from llm.model_validator import ModelValidator, resolve_model_for_call
 from llm.reasoning import split_reasoning
 from tools.exceptions import MCPBridgeError, MCPConfigError
 from tools.mcp_discovery import MCPDiscovery, ServerEntry
@@ -103,17 +103,18 @@ class RunResult:
     @property
     def text(self) -> str:
         """The answer for Claude, with a one-line footer when the run did not simply complete."""
-        answer = self.answer or "(the model gave no answer)"
         if self.stop_reason == "completed":
-            return answer
+            return self.answer or "(the model gave no answer)"
         why = {
             "max_rounds": f"it reached max_rounds ({self.rounds} rounds)",
             "timeout": f"it ran out of time after {self.duration_s:.0f} s (AUTONOMOUS_TIMEOUT_S)",
             "loop_detected": "the model repeated the same tool call with the same arguments",
             "cancelled": "it was cancelled",
-            "error": f"of an error: {self.error}",
+            "error": f"of an error: {(self.error or '').rstrip('.')}",
         }[self.stop_reason]
-        return f"{answer}\n\n[Run stopped early because {why}. Last answer shown above.]"
+        if not self.answer:
+            return f"[Run stopped early because {why}. The model had given no answer yet.]"
+        return f"{self.answer}\n\n[Run stopped early because {why}.]"
 
     def structured(self) -> dict[str, object]:
         return {
@@ -242,8 +243,9 @@ class DynamicAutonomousAgent:
         progress = progress or ProgressReporter(None)
         started = time.monotonic()
         # 1. The model, before anything is started.
-        requested = await self.model_validator.resolve_model_name(model)
-        resolved = await self.llm.resolve_model(requested)
+        resolved = await resolve_model_for_call(
+            self.model_validator, self.llm, model, default_model=self.settings.default_model
+        )
         logger.info("autonomous run: model %s, servers %s", resolved, list(servers) if servers else "(all)")
 
         # 2. The servers and their tools.
@@ -293,6 +295,10 @@ class DynamicAutonomousAgent:
                         break
                     if state.rounds >= max_rounds:
                         stop = "max_rounds"
+                        notes.append(
+                            "max_rounds reached; not run: "
+                            + ", ".join(f"{c.name}({c.arguments[:200]})" for c in turn.tool_calls)
+                        )
                         break
                     outputs, looped = await self._execute(turn.tool_calls, toolset, state, progress)
                     if looped:
@@ -316,6 +322,7 @@ class DynamicAutonomousAgent:
             logger.info("autonomous run cancelled by the caller after %d rounds", state.rounds)
             raise
 
+        notes += _model_mismatch(resolved, state.reported_models)
         if not options.stream and self._streaming_works:
             self._streaming_works = False  # learnt this run: later runs ask unstreamed at once
         result = RunResult(
@@ -503,16 +510,31 @@ class _RunState:
     calls: list[ToolCallRecord] = field(default_factory=list)
     seen: Counter[tuple[str, str]] = field(default_factory=Counter)
     usage: Counter[str] = field(default_factory=Counter)
+    reported_models: set[str] = field(default_factory=set)
 
     def take(self, turn: ModelTurn) -> None:
         answer, _ = split_reasoning(turn.text or "")
         if answer:
             self.answer = answer
+        if turn.model:
+            self.reported_models.add(turn.model)
         if turn.usage:
             for key in ("input_tokens", "output_tokens", "total_tokens"):
                 value = getattr(turn.usage, key, None)
                 if value:
                     self.usage[key] += value
+
+
+def _model_mismatch(asked: str, reported: set[str]) -> list[str]:
+    """A note when the server says another model answered (LM Studio ignores the name with one model loaded)."""
+    base = asked.split(":")[0].lower()
+    others = sorted(m for m in reported if m.split(":")[0].lower() != base)
+    if not others:
+        return []
+    return [
+        f"LM Studio reports that {', '.join(others)} answered although {asked} was asked for: with a single "
+        "model loaded, LM Studio uses it whatever the name. Load the model you want (or unload the other)."
+    ]
 
 
 def _canonical(arguments: str) -> str:

@@ -9,7 +9,7 @@ loaded one).
 from __future__ import annotations
 
 import time
-from typing import Annotated, Literal
+from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ToolAnnotations
@@ -17,6 +17,7 @@ from pydantic import Field
 
 from llm.exceptions import ModelNotFoundError
 from llm.llm_client import ModelInfo, StreamEvent
+from llm.model_validator import resolve_model_for_call
 from llm.reasoning import split_reasoning
 from tools.progress import ProgressReporter
 from tools.results import as_json, reports_errors, success
@@ -39,10 +40,11 @@ _READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 _GENERATES = ToolAnnotations(readOnlyHint=True, idempotentHint=False, openWorldHint=False)
 
 
-async def _resolve(state: AppState, model: str | None, purpose: Literal["chat", "embeddings"] = "chat") -> str:
+async def _resolve(state: AppState, model: str | None) -> str:
     """The concrete model id to send: validated when named, the default one otherwise."""
-    name = await state.validator.resolve_model_name(model, purpose=purpose)
-    return await state.llm.resolve_model(name)
+    return await resolve_model_for_call(
+        state.validator, state.llm, model, default_model=state.settings.default_model
+    )
 
 
 def _model_row(info: ModelInfo) -> dict[str, object]:
@@ -51,6 +53,7 @@ def _model_row(info: ModelInfo) -> dict[str, object]:
         "type": info.type,
         "state": info.state,
         "max_context_length": info.max_context_length,
+        "trained_for_tool_use": info.trained_for_tool_use,
     }
 
 
@@ -96,9 +99,14 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         """Show which model a call without `model` would use, from LM Studio's model state (no generation)."""
         state = app_state(ctx)
         models = await state.validator.get_model_infos(use_cache=False)
-        current = await state.llm.resolve_model(None)
-        loaded = [m.id for m in models if m.state == "loaded"]
-        source = "DEFAULT_MODEL" if state.settings.default_model else "loaded model"
+        current = await _resolve(state, None)
+        loaded = [m.id for m in models if m.state == "loaded" or m.loaded_instances]
+        if state.settings.default_model:
+            source = "DEFAULT_MODEL"
+        elif current in loaded:
+            source = "loaded model"
+        else:
+            source = "first model listed: none is loaded, LM Studio loads it on first use"
         return success(
             f"Current model: {current} (from {source})",
             {"model": current, "source": source, "loaded": loaded},

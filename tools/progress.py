@@ -7,12 +7,12 @@ streaming generation must not flood the client with one notification per token.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-
-import anyio
 
 from mcp.server.mcpserver import Context
 
@@ -58,20 +58,23 @@ class ProgressReporter:
         """While the body runs, report `message()` every `every_s` seconds.
 
         A generation that is not streamed (or streams slowly) would otherwise leave Claude
-        with no sign of life, and Claude Code times a silent call out.
+        with no sign of life, and Claude Code times a silent call out. The beat is a plain
+        task, not a task group: a task group would wrap the body's own errors in an
+        ExceptionGroup and hide them from the caller's `except` clauses.
         """
         if self._ctx is None:
             yield
             return
-        async with anyio.create_task_group() as tg:
 
-            async def beat() -> None:
-                while True:
-                    await anyio.sleep(every_s)
-                    await self.report(message(), force=True)
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(every_s)
+                await self.report(message(), force=True)
 
-            tg.start_soon(beat)
-            try:
-                yield
-            finally:
-                tg.cancel_scope.cancel()
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

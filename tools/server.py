@@ -6,9 +6,13 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.types import CallToolResult, InputRequiredResult
+from pydantic import ValidationError
 
 from config import Settings
 from llm.llm_client import LLMClient
@@ -70,6 +74,43 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
         logger.info("bridge shutting down: closing MCP sessions and the LM Studio client")
 
 
+class BridgeServer(MCPServer[AppState]):
+    """The SDK's server, with argument errors worded for the caller: `Error: invalid arguments ...`."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            if isinstance(exc.__cause__, ValidationError):
+                raise ToolError(describe_invalid_arguments(name, exc.__cause__)) from exc.__cause__
+            raise
+
+
+def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
+    """One line per bad parameter, alternatives of a union joined by "or", without pydantic's noise."""
+    problems: dict[str, list[str]] = {}
+    given: dict[str, object] = {}
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "(arguments)"
+        message = item["msg"]
+        if message not in problems.setdefault(field, []):
+            problems[field].append(message)
+        if item["type"] != "missing":
+            given.setdefault(field, item.get("input"))
+    lines = "; ".join(
+        f"{field}: {' or '.join(messages)}" + (f" (got {_short(given[field])})" if field in given else "")
+        for field, messages in problems.items()
+    )
+    return f"Error: invalid arguments for {tool}: {lines}. Correct them and call {tool} again."
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def create_server(settings: Settings) -> MCPServer[AppState]:
     """Build the MCP server; nothing connects until a client starts its lifespan."""
 
@@ -78,7 +119,7 @@ def create_server(settings: Settings) -> MCPServer[AppState]:
         async with bridge_state(settings) as state:
             yield state
 
-    mcp: MCPServer[AppState] = MCPServer(
+    mcp: MCPServer[AppState] = BridgeServer(
         "lmstudio-bridge-enhanced",
         version=__version__,
         instructions=INSTRUCTIONS,

@@ -62,6 +62,9 @@ def retry_with_backoff(
         exceptions: what may be retried; anything else propagates at once.
         jitter: draw each delay uniformly from [0, delay] (full jitter).
         on_retry: told (error, attempt, delay) before each retry, e.g. to count retries.
+
+    An error with a `retry_after_s` attribute (a 429's Retry-After) waits at least that long,
+    or is not retried when that is longer than `max_delay`.
         max_total_s: give up rather than start a sleep that would end past this many seconds
             since the first attempt.
         should_retry: a further filter on retryable errors (e.g. "not a 4xx").
@@ -89,6 +92,14 @@ def retry_with_backoff(
             delay = min(base_delay * 2 ** (attempt - 1), max_delay)
             if jitter:
                 delay = random.uniform(0.0, delay)
+            hinted = getattr(error, "retry_after_s", None)
+            if isinstance(hinted, int | float) and hinted > 0:
+                # The server said when to come back (Retry-After): sooner is pointless, later than
+                # max_delay is more than this caller agreed to wait.
+                if hinted > max_delay:
+                    logger.error("%s: the server asks to wait %.1f s, more than max_delay: giving up: %r", name, hinted, error)
+                    return None
+                delay = max(delay, float(hinted))
             elapsed = clock() - started
             if max_total_s is not None and elapsed + delay > max_total_s:
                 logger.error(
