@@ -71,33 +71,43 @@ async def test_a_hundred_concurrent_tasks_share_one_session_and_all_complete(tmp
     assert peak_rss_mb < 1024
 
 
-async def test_requests_beyond_the_per_model_limit_wait_in_line() -> None:
-    settings = load_config({"LMSTUDIO_BASE_URL": "http://lm.test", "LMSTUDIO_MAX_CONCURRENCY": "3"})
-    in_flight = 0
-    peak = 0
-    release = asyncio.Event()
+class HeldAnswers:
+    """A chat-completions endpoint that holds every request until released, counting how many wait at once."""
 
-    async def slow_answer(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await release.wait()
-        in_flight -= 1
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await self.release.wait()
+        self.in_flight -= 1
         return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
 
+
+async def peak_in_flight(client: LLMClient, held: HeldAnswers, model: str, requests: int) -> int:
+    """Send `requests` at once, let the loop settle, read how many reached the server, then release them."""
+    calls = [
+        asyncio.create_task(client.chat_completion([{"role": "user", "content": "hi"}], model=model))
+        for _ in range(requests)
+    ]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    peak = held.peak
+    held.release.set()
+    await asyncio.wait_for(asyncio.gather(*calls), timeout=10)
+    return peak
+
+
+async def test_requests_beyond_the_per_model_limit_wait_in_line() -> None:
+    settings = load_config({"LMSTUDIO_BASE_URL": "http://lm.test", "LMSTUDIO_MAX_CONCURRENCY": "3"})
+    held = HeldAnswers()
     with respx.mock(base_url="http://lm.test") as mock:
-        mock.post("/v1/chat/completions").mock(side_effect=slow_answer)
+        mock.post("/v1/chat/completions").mock(side_effect=held)
         async with LLMClient(settings) as client:
-            calls = [
-                asyncio.create_task(client.chat_completion([{"role": "user", "content": "hi"}], model="m"))
-                for _ in range(10)
-            ]
-            for _ in range(50):
-                await asyncio.sleep(0)
-            assert peak == 3
-            release.set()
-            await asyncio.wait_for(asyncio.gather(*calls), timeout=10)
-    assert peak == 3
+            assert await peak_in_flight(client, held, "m", 10) == 3
 
 
 async def test_without_a_limit_set_the_queue_follows_lm_studios_parallel_slots() -> None:
@@ -107,30 +117,11 @@ async def test_without_a_limit_set_the_queue_follows_lm_studios_parallel_slots()
             {"key": "qwen/qwen3-4b", "type": "llm", "loaded_instances": [{"id": "qwen/qwen3-4b", "config": {"parallel": 2}}]}
         ]
     }
-    in_flight = 0
-    peak = 0
-    release = asyncio.Event()
-
-    async def slow_answer(request: httpx.Request) -> httpx.Response:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await release.wait()
-        in_flight -= 1
-        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
-
+    held = HeldAnswers()
     with respx.mock(base_url="http://lm.test") as mock:
         mock.get("/api/v1/models").respond(json=listing)
-        mock.post("/v1/chat/completions").mock(side_effect=slow_answer)
+        mock.post("/v1/chat/completions").mock(side_effect=held)
         async with LLMClient(settings) as client:
             models = await client.list_models()
             assert models[0].parallel == 2
-            calls = [
-                asyncio.create_task(client.chat_completion([{"role": "user", "content": "hi"}], model="qwen/qwen3-4b"))
-                for _ in range(6)
-            ]
-            for _ in range(50):
-                await asyncio.sleep(0)
-            assert peak == 2
-            release.set()
-            await asyncio.wait_for(asyncio.gather(*calls), timeout=10)
+            assert await peak_in_flight(client, held, "qwen/qwen3-4b", 6) == 2

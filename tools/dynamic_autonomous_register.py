@@ -63,7 +63,12 @@ Model = Annotated[
 _RUNS_TOOLS = ToolAnnotations(readOnlyHint=False, destructiveHint=True, openWorldHint=True)
 
 
-def _result(run: RunResult) -> CallToolResult:
+async def _run(
+    ctx: Context, servers: list[str] | None, task: str, max_rounds: int, max_tokens: int | str, model: str | None
+) -> CallToolResult:
+    run: RunResult = await app_state(ctx).agent.run(
+        servers, task, max_rounds=max_rounds, max_tokens=max_tokens, model=model, progress=ProgressReporter(ctx)
+    )
     if run.stop_reason == "error":
         return failure(run.text, run.structured())
     return success(run.text, run.structured())
@@ -95,12 +100,7 @@ def register_autonomous_tools(mcp: MCPServer[AppState]) -> None:
         The local model calls the server's tools as often as it needs and returns its final answer;
         progress is reported every round. Example: mcp_name='filesystem', task='Summarise docs/*.md'.
         """
-        agent = app_state(ctx).agent
-        run = await agent.run(
-            [mcp_name], task, max_rounds=max_rounds, max_tokens=max_tokens, model=model,
-            progress=ProgressReporter(ctx),
-        )
-        return _result(run)
+        return await _run(ctx, [mcp_name], task, max_rounds, max_tokens, model)
 
     @mcp.tool(annotations=_RUNS_TOOLS)
     @reports_errors
@@ -125,12 +125,7 @@ def register_autonomous_tools(mcp: MCPServer[AppState]) -> None:
         Example: mcp_names=['filesystem', 'memory'], task='Read notes.txt and store each person in memory'.
         A server that fails to start is reported and the others are still used.
         """
-        agent = app_state(ctx).agent
-        run = await agent.run(
-            mcp_names, task, max_rounds=max_rounds, max_tokens=max_tokens, model=model,
-            progress=ProgressReporter(ctx),
-        )
-        return _result(run)
+        return await _run(ctx, mcp_names, task, max_rounds, max_tokens, model)
 
     @mcp.tool(annotations=_RUNS_TOOLS)
     @reports_errors
@@ -146,8 +141,4 @@ def register_autonomous_tools(mcp: MCPServer[AppState]) -> None:
         Use when you do not know which server has the right tools. Example: task='What time is it in Tokyo,
         and save it to memory'.
         """
-        agent = app_state(ctx).agent
-        run = await agent.run(
-            None, task, max_rounds=max_rounds, max_tokens=max_tokens, model=model, progress=ProgressReporter(ctx)
-        )
-        return _result(run)
+        return await _run(ctx, None, task, max_rounds, max_tokens, model)
