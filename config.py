@@ -1,8 +1,9 @@
 """The bridge's settings: one model, read once from the environment, passed to what needs it.
 
 Every field maps to the environment variable of the same name in upper case
-(`lmstudio_port` <- `LMSTUDIO_PORT`). `get_config()` builds the settings once per
-process; tests build `Settings(...)` directly. A bad value fails at start with a
+(`lmstudio_port` <- `LMSTUDIO_PORT`). `load_config(environ)` builds settings from the mapping
+it is given (the process environment by default) and from nothing else; `get_config()` does
+that once per process. A bad value fails at start with a
 `ConfigError` that names the variable and the accepted values.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 ApiMode = Literal["auto", "responses", "chat"]
@@ -123,6 +124,19 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field("INFO", description="Log level (logs go to stderr).")
     log_format: Literal["text", "json"] = Field("text", description="text or json log lines.")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `load_config` hands over the environment explicitly, so the result depends on the
+        # mapping given and nothing else (tests stay isolated from the shell they run in).
+        return (init_settings,)
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: Any) -> Any:
@@ -204,8 +218,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Settings:
     known = {name.upper() for name in Settings.model_fields}
     values = {key.lower(): value for key, value in source.items() if key.upper() in known}
     try:
-        # model_validate reads only `values`: the result depends on the mapping given, nothing else.
-        return Settings.model_validate(values)
+        return Settings(**values)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
