@@ -18,6 +18,7 @@ from tests.support.bridge import (
     ROOT,
     bridge_env,
     model_requests,
+    processes_mentioning,
     subprocess_params,
     text_of,
     tool_outputs,
@@ -35,22 +36,6 @@ TOY_SERVER = {"command": sys.executable, "args": ["-m", "tests.support.toy_serve
 
 def last_tool_output(request: RecordedRequest) -> str:
     return tool_outputs(request)[-1]
-
-
-def processes_mentioning(marker: str) -> list[int]:
-    """Pids of live processes whose command line contains `marker` (our tmp dirs are unique)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
 
 
 @pytest.fixture(params=["responses", "chat"])
@@ -284,3 +269,41 @@ async def test_closing_the_client_leaves_no_child_process(fake: FakeLMStudio, mc
     with anyio.fail_after(15):
         while processes_mentioning(str(workspace)):
             await anyio.sleep(0.1)
+
+
+CLIENT_SCRIPT = """
+import asyncio, json, sys
+from mcp import Client, StdioServerParameters
+
+async def main():
+    params = StdioServerParameters(**json.loads(sys.argv[1]))
+    async with Client(params, read_timeout_seconds=60) as client:
+        await client.call_tool("autonomous_with_mcp", {"mcp_name": "filesystem", "task": "list"})
+        print("ready", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_killing_the_client_leaves_no_bridge_and_no_server_behind(
+    fake: FakeLMStudio, mcp_json: Path, workspace: Path, tmp_path: Path
+) -> None:
+    """Claude itself can die: the bridge sees its stdin close, exits, and takes its servers with it."""
+    fake.set_script([Turn(tool_calls=[call("list_directory", path=str(workspace))]), Turn(text="listed")])
+    params = subprocess_params(bridge_env(fake.url, mcp_json))
+    marker = str(tmp_path)
+    async with await anyio.open_process(
+        [sys.executable, "-c", CLIENT_SCRIPT, params.model_dump_json()], stderr=None
+    ) as client:
+        assert client.stdout is not None
+        with anyio.fail_after(60):
+            line = await client.stdout.receive()
+        assert line.startswith(b"ready")
+        alive = processes_mentioning(marker)
+        assert len(alive) >= 3, "the client, the bridge and its filesystem server should be running"
+        client.kill()
+    with anyio.fail_after(20):
+        while leftover := processes_mentioning(marker):
+            await anyio.sleep(0.1)
+    assert not leftover

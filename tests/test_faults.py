@@ -41,7 +41,7 @@ from tests.support.bridge import (
     write_mcp_json,
 )
 from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call
-from tests.test_e2e_stdio import processes_mentioning
+from tests.support.bridge import processes_mentioning
 
 pytestmark = pytest.mark.slow
 

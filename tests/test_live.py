@@ -24,7 +24,7 @@ from mcp import Client
 
 from tests.support.bridge import ROOT, bridge_env, subprocess_params, text_of, write_mcp_json
 from tests.support.mcp_servers import entry_config
-from tests.test_e2e_stdio import processes_mentioning
+from tests.support.bridge import processes_mentioning
 from tools.mcp_discovery import ServerEntry
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]

@@ -19,7 +19,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tests.support.bridge import ROOT, bridge_env, write_mcp_json
 from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
-from tests.test_e2e_stdio import processes_mentioning
+from tests.support.bridge import processes_mentioning
 
 pytestmark = pytest.mark.slow
 
