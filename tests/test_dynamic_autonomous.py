@@ -282,3 +282,17 @@ async def test_a_default_model_that_does_not_exist_fails_clearly(fake: FakeLMStu
         with pytest.raises(ModelNotFoundError) as caught:
             await state.agent.run(["time"], "anything")
     assert "Did you mean qwen/qwen3-coder-30b" in str(caught.value)
+
+
+async def test_a_tool_whose_schema_the_server_refuses_is_left_out_with_a_note(
+    api: str, mcp_json: Path
+) -> None:
+    with FakeLMStudio(responses_api=api == "responses", reject_tools={"convert_time"}) as fake:
+        fake.set_script([Turn(tool_calls=[call("get_current_time", timezone="UTC")]), Turn(text="still works")])
+        async with bridge_state(bridge_settings(fake.url, mcp_json)) as state:
+            result = await state.agent.run(["time"], "time?")
+        offered = model_requests(fake)[-1].body["tools"]
+    assert result.stop_reason == "completed" and result.answer == "still works"
+    assert any(note.startswith("convert_time left out: the model server refused its schema") for note in result.notes)
+    names = [t.get("name") or t["function"]["name"] for t in offered]
+    assert names == ["get_current_time"]

@@ -41,12 +41,20 @@ from config import Settings
 from llm.conversation import (
     ChatConversation,
     Conversation,
+    FunctionSpec,
     GenerationOptions,
     ModelTurn,
     ResponsesConversation,
     ToolOutput,
 )
-from llm.exceptions import EndpointNotSupportedError, LLMError
+from llm.exceptions import (
+    ContextLengthExceededError,
+    EndpointNotSupportedError,
+    LLMError,
+    LLMRateLimitError,
+    LLMStatusError,
+    NoModelLoadedError,
+)
 from llm.llm_client import LLMClient, StreamEvent, ToolCall
 from llm.model_validator import ModelValidator, resolve_model_for_call
 from llm.reasoning import split_reasoning
@@ -63,6 +71,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROUNDS = 10000
 """The plan's default: no artificial round limit; time, loop detection and cancellation bound a run."""
+
+_NOT_ABOUT_TOOLS = (ContextLengthExceededError, EndpointNotSupportedError, LLMRateLimitError, NoModelLoadedError)
+"""Status errors with a known cause: probing the tools one by one would not help."""
 
 StopReason = Literal["completed", "max_rounds", "timeout", "loop_detected", "cancelled", "error"]
 
@@ -287,7 +298,7 @@ class DynamicAutonomousAgent:
         try:
             with anyio.move_on_after(self.settings.autonomous_timeout_s) as deadline:
                 async with progress.heartbeat(waiting):
-                    conversation, turn = await self._open(task, [t.spec() for t in toolset.values()], options, state)
+                    conversation, turn = await self._open_dropping_rejected_tools(task, toolset, options, state, notes)
                 api = conversation.api
                 while True:
                     state.take(turn)
@@ -408,8 +419,61 @@ class DynamicAutonomousAgent:
         ordered = {e.name: results[e.name] for e in entries if e.name in results}
         return ordered, [f"server {name} unavailable: {exc}" for name, exc in failures.items()]
 
+    async def _open_dropping_rejected_tools(
+        self,
+        task: str,
+        toolset: dict[str, BridgedTool],
+        options: GenerationOptions,
+        state: _RunState,
+        notes: list[str],
+    ) -> tuple[Conversation, ModelTurn]:
+        """Open the conversation; if the server refuses the request, leave out the tools it refuses.
+
+        One schema the server cannot handle (llama.cpp turns schemas into grammars) would
+        otherwise fail every run that offers that server's tools. Each tool is tried alone
+        with a one-token request, the refused ones are dropped with a note, and the run goes on.
+        """
+        try:
+            return await self._open(task, [t.spec() for t in toolset.values()], options, state)
+        except LLMStatusError as exc:
+            if isinstance(exc, _NOT_ABOUT_TOOLS) or not toolset:
+                raise
+            rejected = await self._tools_refused(list(toolset.values()), options.model)
+            if not rejected:
+                raise
+            for name, why in rejected.items():
+                del toolset[name]
+                notes.append(f"{name} left out: the model server refused its schema ({why[:200]})")
+            logger.warning("the model server refused %d tool schema(s): %s", len(rejected), ", ".join(rejected))
+            return await self._open(task, [t.spec() for t in toolset.values()], options, state)
+
+    async def _tools_refused(self, tools: list[BridgedTool], model: str) -> dict[str, str]:
+        """The tools the server refuses when offered alone, with its reason."""
+        refused: dict[str, str] = {}
+        for tool in tools:
+            spec = tool.spec()
+            try:
+                # The same API the refused request used: its schema handling is what matters.
+                if self._responses_supported is not False:
+                    await self.llm.create_response(
+                        "ping", model=model, max_output_tokens=1,
+                        tools=[{"type": "function", "name": spec.name, "description": spec.description,
+                                "parameters": spec.parameters}],
+                    )
+                else:
+                    await self.llm.chat_completion(
+                        [{"role": "user", "content": "ping"}], model=model, max_tokens=1,
+                        tools=[{"type": "function", "function": {"name": spec.name, "description": spec.description,
+                                                                 "parameters": spec.parameters}}],
+                    )
+            except LLMStatusError as exc:
+                if isinstance(exc, _NOT_ABOUT_TOOLS):
+                    raise
+                refused[tool.llm_name] = str(exc)
+        return refused
+
     async def _open(
-        self, task: str, specs: list, options: GenerationOptions, state: _RunState
+        self, task: str, specs: list[FunctionSpec], options: GenerationOptions, state: _RunState
     ) -> tuple[Conversation, ModelTurn]:
         """Start the conversation on /v1/responses when the server has it, else on chat completions."""
         if self._responses_supported is not False:

@@ -136,8 +136,12 @@ class FakeLMStudio:
         responses_api: bool = True,
         latency_s: float = 0.0,
         api_key: str | None = None,
+        reject_tools: Iterable[str] = (),
     ) -> None:
         self.models: tuple[FakeModel, ...] = tuple(models)
+        # Tools whose schema the stand-in refuses (400), as llama.cpp does with schemas it cannot
+        # turn into a grammar; the request is refused whole, like the real thing.
+        self.reject_tools = set(reject_tools)
         self.responses_api = responses_api
         self.latency_s = latency_s
         self.api_key = api_key
@@ -539,6 +543,8 @@ class FakeLMStudio:
             return _error_response(*failure)
         model, refusal = self._check_model(recorded.body or {})
         if refusal is None:
+            refusal = self._check_tools(recorded.body or {})
+        if refusal is None:
             refusal = check()
         if refusal is not None:
             return refusal
@@ -552,6 +558,17 @@ class FakeLMStudio:
         if turn.empty_stream:
             return Response(b"", media_type="text/event-stream")
         return recorded, model, turn
+
+    def _check_tools(self, body: dict[str, object]) -> Response | None:
+        """A 400 naming the first refused tool the request offers, if any."""
+        for tool in body.get("tools") or []:
+            if not isinstance(tool, dict):
+                continue
+            function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+            name = function.get("name")
+            if name in self.reject_tools:
+                return _error_response(400, f"Invalid tool '{name}': failed to convert its JSON schema to a grammar")
+        return None
 
     def _check_previous(self, previous_id: object) -> Response | None:
         """LM Studio's answer to a ``previous_response_id`` it has not stored."""
