@@ -3,7 +3,7 @@
 - docs/API_REFERENCE.md has a heading per registered tool (### `name`) and, under it, a table row per
   parameter whose default and bounds match the live input schema; README's configuration table lists
   exactly the settings of `config.Settings`, as environment variable names.
-- Every example call in docs/API_REFERENCE.md and docs/MULTI_MODEL_GUIDE.md is a fenced block with the
+- Every example call in docs/API_REFERENCE.md, docs/MULTI_MODEL_GUIDE.md and README.md is a fenced block with the
   info string `json tool=<tool name>`. Each is checked against the live tool's input schema, and run
   against the scripted LM Studio stand-in and real MCP servers (filesystem, memory, time):
     * `expect=error`: the call must fail; the ```text``` block that follows holds its exact message
@@ -38,7 +38,7 @@ from tools.mcp_discovery import ServerEntry
 API_REFERENCE = ROOT / "docs" / "API_REFERENCE.md"
 GUIDE = ROOT / "docs" / "MULTI_MODEL_GUIDE.md"
 README = ROOT / "README.md"
-EXAMPLE_DOCS = (API_REFERENCE, GUIDE)
+EXAMPLE_DOCS = (API_REFERENCE, GUIDE, README)
 
 # The models the docs' examples name; the stand-in offers exactly these, in this order (the order
 # shows in the documented "Available: ..." messages).
