@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from mcp import Client, StdioServerParameters  # noqa: E402
 
 from config import load_config  # noqa: E402
 from tests.support.bridge import bridge_env, bridge_settings, subprocess_params, tool_outputs, write_mcp_json  # noqa: E402
-from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Script, Turn, call  # noqa: E402
+from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call  # noqa: E402
 from tests.support.mcp_servers import entry_config, install_npm_servers, server_script  # noqa: E402
 from tools.dynamic_autonomous import RunResult  # noqa: E402
 from tools.mcp_discovery import MCPDiscovery, ServerEntry  # noqa: E402
@@ -204,23 +203,6 @@ def _which(program: str) -> str:
     return found
 
 
-@contextmanager
-def stand_in(script: Script = (), **options: object) -> Iterator[FakeLMStudio]:
-    """A started `FakeLMStudio` whose connections send without Nagle's delay.
-
-    Its listening socket is made with protocol 0, so asyncio does not set TCP_NODELAY on the
-    connections it accepts: a response written in two parts (headers, then body) waits for the
-    client's delayed ACK, about 40 ms per request on Linux. That would be counted as "the model's
-    time" and swamp what is measured here, so the option is set on the listening socket, which
-    accepted connections inherit. (Reported; the fix belongs in tests/support/fake_lmstudio.py.)
-    """
-    with FakeLMStudio(script, **options) as fake:  # type: ignore[arg-type]
-        listener = fake._socket  # noqa: SLF001 (see above)
-        if listener is not None:
-            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        yield fake
-
-
 def file_reading_script(files: list[Path], rounds: int) -> Callable[[RecordedRequest], Turn]:
     """The model's part of a `rounds`-round run: read file 1, 2, ... then answer.
 
@@ -331,7 +313,7 @@ async def bench_loop(reps: Reps, world: World) -> tuple[dict[str, object], dict[
     overhead: dict[str, object] = {}
     sizes: dict[str, object] = {}
     for api in ("responses", "chat"):
-        with stand_in(file_reading_script(world.files, LOOP_ROUNDS), responses_api=api == "responses") as fake:
+        with FakeLMStudio(file_reading_script(world.files, LOOP_ROUNDS), responses_api=api == "responses") as fake:
             settings = bridge_settings(fake.url, world.mcp_json, LMSTUDIO_API_MODE=api)
             async with bridge_state(settings) as state, httpx.AsyncClient(timeout=30) as replayer:
                 await run_files_task(state, LOOP_ROUNDS)  # warm up: starts the server, fills caches
@@ -389,7 +371,7 @@ async def bench_concurrency(reps: Reps, world: World) -> dict[str, object]:
     """K simultaneous 3-round runs against a stand-in answering in 50 ms and one shared server."""
     figures: dict[str, object] = {}
     reset_peak_rss()
-    with stand_in(file_reading_script(world.files, CONCURRENT_ROUNDS), latency_s=STAND_IN_LATENCY_S) as fake:
+    with FakeLMStudio(file_reading_script(world.files, CONCURRENT_ROUNDS), latency_s=STAND_IN_LATENCY_S) as fake:
         for limit in (64, None):
             extra = {"LMSTUDIO_MAX_CONCURRENCY": str(limit)} if limit else {}
             label = f"limit_{limit}" if limit else "limit_default_4"
@@ -573,7 +555,7 @@ async def run_all(reps: Reps) -> dict[str, object]:
     sections: dict[str, object] = {}
     with tempfile.TemporaryDirectory(prefix="bridge-bench-") as tmp:
         world = make_world(Path(tmp))
-        with stand_in() as fake:
+        with FakeLMStudio() as fake:
             steps: list[tuple[str, Callable[[], Awaitable[object]]]] = [
                 ("validation", lambda: bench_validation(reps, fake, world)),
                 ("hot_reload", lambda: bench_hot_reload(reps, world)),

@@ -4,7 +4,6 @@ and the scripted LM Studio stand-in on 127.0.0.1 fixing the model's choices."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,7 +11,6 @@ from pathlib import Path
 import anyio
 import pytest
 from mcp import Client
-from mcp.types import CallToolResult
 
 from tests.support.bridge import (
     ROOT,
