@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -23,3 +24,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "live" in item.keywords:
             item.add_marker(skip_live)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """A project directory with one known file, for tasks that read real files."""
+    directory = tmp_path / "project"
+    directory.mkdir()
+    (directory / "notes.txt").write_text("The launch code is PELICAN-42.\n")
+    return directory

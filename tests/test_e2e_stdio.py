@@ -43,14 +43,6 @@ def fake(request: pytest.FixtureRequest) -> Iterator[FakeLMStudio]:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    directory = tmp_path / "project"
-    directory.mkdir()
-    (directory / "notes.txt").write_text("The launch code is PELICAN-42.\n")
-    return directory
-
-
-@pytest.fixture
 def mcp_json(
     tmp_path: Path,
     workspace: Path,

@@ -71,14 +71,6 @@ def live_models(live_url: str) -> list[str]:
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    directory = tmp_path / "project"
-    directory.mkdir()
-    (directory / "notes.txt").write_text("The launch code is PELICAN-42.\n")
-    return directory
-
-
-@pytest.fixture
 def mcp_json(tmp_path: Path, workspace: Path, filesystem_entry: Callable[..., ServerEntry]) -> Path:
     return write_mcp_json(tmp_path / ".mcp.json", {"filesystem": entry_config(filesystem_entry(workspace))})
 
