@@ -77,7 +77,7 @@ from llm.streaming import (
     response_result_from_body,
 )
 from utils.error_handling import CircuitBreaker, CircuitBreakerOpen, retry_with_backoff
-from utils.metrics import Metrics
+from utils.metrics import Metrics, tracer
 
 __all__ = [
     "ChatResult",
@@ -419,7 +419,12 @@ class LLMClient:
         metrics.inc("llm_requests", endpoint=path)
         started = time.perf_counter()
         try:
-            response = await self._shared.http.send(request, stream=stream)
+            # The span covers the wait for the response headers (all of it unless streamed).
+            with tracer.start_as_current_span("llm_request") as span:
+                span.set_attribute("http.route", path)
+                span.set_attribute("llm.model", model or "")
+                response = await self._shared.http.send(request, stream=stream)
+                span.set_attribute("http.status_code", response.status_code)
         except httpx.HTTPError as exc:
             error = await self._translate(exc, path=path, model=model)
             metrics.inc("llm_failures", kind=type(error).__name__)

@@ -102,6 +102,11 @@ async def test_runs_and_tool_calls_are_traced_as_spans(
     tool_span = spans["tool_call"]
     assert tool_span.attributes["mcp.tool"] == "get_current_time"
     assert tool_span.parent is not None and tool_span.parent.span_id == spans["autonomous_run"].context.span_id
+    llm_spans = [span for span in tracing.get_finished_spans() if span.name == "llm_request"]
+    assert {span.attributes["http.route"] for span in llm_spans} >= {"/v1/responses"}
+    assert all(
+        span.attributes["http.status_code"] == 200 for span in llm_spans if span.attributes["http.route"] == "/v1/responses"
+    )
 
 
 @pytest.mark.slow
