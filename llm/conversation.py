@@ -36,6 +36,15 @@ class FunctionSpec:
     description: str
     parameters: dict[str, object]
 
+    def for_responses(self) -> dict[str, object]:
+        """The flat form `/v1/responses` takes."""
+        return {"type": "function", "name": self.name, "description": self.description, "parameters": self.parameters}
+
+    def for_chat(self) -> dict[str, object]:
+        """The nested form `/v1/chat/completions` takes."""
+        function = {"name": self.name, "description": self.description, "parameters": self.parameters}
+        return {"type": "function", "function": function}
+
 
 @dataclass(frozen=True)
 class ToolOutput:
@@ -109,10 +118,7 @@ class ResponsesConversation:
 
     def __init__(self, llm: LLMClient, tools: list[FunctionSpec], options: GenerationOptions) -> None:
         self._llm = llm
-        self._tools = [
-            {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
-            for t in tools
-        ]
+        self._tools = [t.for_responses() for t in tools]
         self._options = options
         self.previous_response_id: str | None = None
 
@@ -161,13 +167,6 @@ class ChatConversation:
     messages: list[dict[str, object]] = field(default_factory=list)
     api: ApiKind = "chat"
 
-    def _tool_payload(self) -> list[dict[str, object]] | None:
-        if not self.tools:
-            return None
-        return [
-            {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-            for t in self.tools
-        ]
 
     async def start(self, task: str) -> ModelTurn:
         self.messages = [
@@ -191,7 +190,7 @@ class ChatConversation:
                 model=options.model,
                 temperature=options.temperature if options.temperature is not None else 0.7,
                 max_tokens=options.max_tokens,
-                tools=self._tool_payload(),
+                tools=[t.for_chat() for t in self.tools] or None,
                 tool_choice="auto" if self.tools else None,
                 stream=stream,
                 on_event=options.on_event,

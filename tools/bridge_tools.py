@@ -23,7 +23,7 @@ def register_bridge_tools(mcp: MCPServer[AppState]) -> None:
         """
         state = app_state(ctx)
         discovery = state.discovery
-        await state.pool.apply(discovery.refresh())
+        await state.agent.refresh_servers()
         rows = []
         for name, entry in sorted(discovery.servers().items()):
             status = state.pool.status(name)

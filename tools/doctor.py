@@ -1,15 +1,19 @@
-"""`lmstudio-bridge doctor`: a human-readable check of the whole set-up, exit code 0 or 1."""
+"""`lmstudio-bridge doctor`: a human-readable check of the whole set-up, exit code 0 or 1.
+
+It builds the same parts the server does (`bridge_state`), so what it reports is what the
+server would see.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TextIO
 
 from config import Settings
 from llm.exceptions import LLMError
-from llm.llm_client import LLMClient
 from tools.exceptions import MCPBridgeError
-from tools.mcp_discovery import MCPDiscovery
-from tools.session_pool import MCPSessionPool
+from tools.server import bridge_state
+from tools.state import AppState
 
 
 async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) -> int:
@@ -18,38 +22,46 @@ async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) ->
     def say(line: str = "") -> None:
         out.write(line + "\n")
 
-    healthy = True
+    async with bridge_state(settings) as state:
+        healthy = await _check_lm_studio(state, say)
+        say()
+        say("Configuration (secrets masked)")
+        for key, value in settings.masked().items():
+            say(f"  {key} = {value}")
+        say()
+        await _check_mcp_servers(state, start_servers, say)
+    say()
+    say("Result: " + ("OK" if healthy else "PROBLEMS FOUND (see FAIL lines)"))
+    return 0 if healthy else 1
+
+
+async def _check_lm_studio(state: AppState, say: Callable[[str], None]) -> bool:
+    llm = state.llm
     say("LM Studio")
-    async with LLMClient(settings) as llm:
-        try:
-            models = await llm.list_models()
-        except LLMError as exc:
-            healthy = False
-            say(f"  FAIL  {exc}")
-        else:
-            say(f"  ok    reachable at {llm.base_url}, {len(models)} model(s)")
-            for m in models:
-                context = f", context {m.max_context_length}" if m.max_context_length else ""
-                say(f"        - {m.id} [{m.type or 'type ?'}, {m.state or 'state ?'}{context}]")
-            if not models:
-                healthy = False
-                say("  FAIL  no models: download one in LM Studio (or load one with `lms load`)")
-            else:
-                try:
-                    say(f"  ok    default model: {await llm.resolve_model(None)}")
-                except LLMError as exc:
-                    healthy = False
-                    say(f"  FAIL  {exc}")
+    try:
+        models = await llm.list_models()
+    except LLMError as exc:
+        say(f"  FAIL  {exc}")
+        return False
+    say(f"  ok    reachable at {llm.base_url}, {len(models)} model(s)")
+    for m in models:
+        context = f", context {m.max_context_length}" if m.max_context_length else ""
+        say(f"        - {m.id} [{m.type or 'type ?'}, {m.state or 'state ?'}{context}]")
+    if not models:
+        say("  FAIL  no models: download one in LM Studio (or load one with `lms load`)")
+        return False
+    try:
+        say(f"  ok    default model: {await llm.resolve_model(None)}")
+    except LLMError as exc:
+        say(f"  FAIL  {exc}")
+        return False
+    return True
 
-    say()
-    say("Configuration (secrets masked)")
-    for key, value in settings.masked().items():
-        say(f"  {key} = {value}")
 
-    say()
-    say("MCP servers")
-    discovery = MCPDiscovery(settings.mcp_json_path)
+async def _check_mcp_servers(state: AppState, start_servers: bool, say: Callable[[str], None]) -> None:
+    discovery = state.discovery
     discovery.refresh()
+    say("MCP servers")
     say(f"  config file: {discovery.path or '(none found)'}")
     if discovery.parse_error:
         say(f"  WARN  {discovery.parse_error}")
@@ -58,27 +70,19 @@ async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) ->
     servers = discovery.servers()
     if not servers:
         say("  (no servers configured: the autonomous tools need at least one)")
-    async with MCPSessionPool(
-        start_timeout_s=settings.mcp_start_timeout_s,
-        call_timeout_s=settings.mcp_tool_timeout_s,
-        idle_timeout_s=0,
-    ) as pool:
-        for name, entry in sorted(servers.items()):
-            where = entry.url if entry.transport != "stdio" else " ".join([entry.command or "", *entry.args])
-            if entry.disabled:
-                say(f"  off   {name} ({entry.transport}) disabled: {where}")
-                continue
-            if not start_servers:
-                say(f"  --    {name} ({entry.transport}): {where}")
-                continue
+        return
+    for name, entry in sorted(servers.items()):
+        where = entry.url if entry.transport != "stdio" else " ".join([entry.command or "", *entry.args])
+        if entry.disabled:
+            say(f"  off   {name} ({entry.transport}) disabled: {where}")
+        elif not start_servers:
+            say(f"  --    {name} ({entry.transport}): {where}")
+        else:
             try:
-                tools = await pool.list_tools(entry)
+                tools = await state.pool.list_tools(entry)
             except MCPBridgeError as exc:
                 say(f"  FAIL  {name} ({entry.transport}): {exc}")
             else:
                 say(f"  ok    {name} ({entry.transport}): {len(tools)} tools")
-    if not start_servers and servers:
+    if not start_servers:
         say("  (run `lmstudio-bridge doctor --servers` to start each one and count its tools)")
-    say()
-    say("Result: " + ("OK" if healthy else "PROBLEMS FOUND (see FAIL lines)"))
-    return 0 if healthy else 1

@@ -360,15 +360,18 @@ class DynamicAutonomousAgent:
         )
         return result
 
-    async def _entries(self, names: Sequence[str] | None) -> tuple[list[ServerEntry], list[str]]:
-        """The entries to use, from the current config file (re-read only if it changed).
+    async def refresh_servers(self) -> None:
+        """Re-read the config file if it changed, and close the sessions of changed or removed servers.
 
-        Sessions of entries that changed or went away are closed first, so a changed server
-        restarts with its new settings on this very call.
+        Closing first means a changed server restarts with its new settings on this very call.
         """
         change = self.discovery.refresh()
         if change:
             await self.pool.apply(change)
+
+    async def _entries(self, names: Sequence[str] | None) -> tuple[list[ServerEntry], list[str]]:
+        """The entries to use, from the current config file (re-read only if it changed)."""
+        await self.refresh_servers()
         notes: list[str] = []
         if self.discovery.parse_error:
             notes.append(self.discovery.parse_error)
@@ -456,15 +459,11 @@ class DynamicAutonomousAgent:
                 # The same API the refused request used: its schema handling is what matters.
                 if self._responses_supported is not False:
                     await self.llm.create_response(
-                        "ping", model=model, max_output_tokens=1,
-                        tools=[{"type": "function", "name": spec.name, "description": spec.description,
-                                "parameters": spec.parameters}],
+                        "ping", model=model, max_output_tokens=1, tools=[spec.for_responses()]
                     )
                 else:
                     await self.llm.chat_completion(
-                        [{"role": "user", "content": "ping"}], model=model, max_tokens=1,
-                        tools=[{"type": "function", "function": {"name": spec.name, "description": spec.description,
-                                                                 "parameters": spec.parameters}}],
+                        [{"role": "user", "content": "ping"}], model=model, max_tokens=1, tools=[spec.for_chat()]
                     )
             except LLMStatusError as exc:
                 if isinstance(exc, _NOT_ABOUT_TOOLS):

@@ -8,6 +8,7 @@ loaded one).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from llm.exceptions import ModelNotFoundError
-from llm.llm_client import ModelInfo, StreamEvent
+from llm.llm_client import ModelInfo, StreamEvent, Usage
 from llm.model_validator import resolve_model_for_call
 from llm.reasoning import split_reasoning
 from tools.progress import ProgressReporter
@@ -138,13 +139,14 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
             messages, model=resolved, temperature=temperature, max_tokens=max_tokens, stream=True, on_event=on_event
         )
         answer, inline_reasoning = split_reasoning(result.content)
+        reasoning = _joined(result.reasoning, inline_reasoning)
         return success(
             answer,
             {
                 "answer": answer,
                 "model": result.model or resolved,
                 "finish_reason": result.finish_reason,
-                "reasoning": (result.reasoning + "\n\n" + inline_reasoning).strip() or None,
+                "reasoning": reasoning,
                 "usage": _usage(result.usage),
             },
         )
@@ -236,23 +238,23 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
             max_output_tokens=max_output_tokens,
         )
         answer, inline_reasoning = split_reasoning(result.text)
+        reasoning = _joined(result.reasoning, inline_reasoning)
         return success(
             f"{answer}\n\n(response_id: {result.id})",
             {
                 "text": answer,
                 "response_id": result.id,
                 "model": result.model or resolved,
-                "reasoning": (result.reasoning + "\n\n" + inline_reasoning).strip() or None,
+                "reasoning": reasoning,
                 "usage": _usage(result.usage),
             },
         )
 
 
-def _usage(usage: object) -> dict[str, int | None] | None:
-    if usage is None:
-        return None
-    return {
-        "input_tokens": getattr(usage, "input_tokens", None),
-        "output_tokens": getattr(usage, "output_tokens", None),
-        "total_tokens": getattr(usage, "total_tokens", None),
-    }
+def _usage(usage: Usage | None) -> dict[str, int | None] | None:
+    return dataclasses.asdict(usage) if usage is not None else None
+
+
+def _joined(*reasoning: str) -> str | None:
+    """Reasoning from the separate field and from `<think>` in the text, together (None if neither)."""
+    return "\n\n".join(r for r in reasoning if r) or None
