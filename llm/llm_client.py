@@ -720,7 +720,8 @@ def _parse_models(data: object) -> list[ModelInfo]:
         models.append(
             ModelInfo(
                 id=str(model_id),
-                type=entry.get("type"),
+                # LM Studio 0.4 says "embedding", 0.3 "embeddings": one word for everything above.
+                type="embeddings" if entry.get("type") == "embedding" else entry.get("type"),
                 state=state,
                 max_context_length=context if isinstance(context, int) else None,
                 loaded_instances=instances,

@@ -657,3 +657,10 @@ async def test_requests_to_one_model_wait_in_line_beyond_max_concurrency(mock: r
         assert peak == 3  # two for a/b, one for c/d
         release.set()
         await asyncio.wait_for(asyncio.gather(*calls, other), timeout=5)
+
+
+async def test_lm_studio_0_4s_embedding_type_reads_as_embeddings(mock: respx.MockRouter) -> None:
+    mock.get(f"{BASE}/api/v1/models").respond(json={"models": [{"key": "nomic-embed", "type": "embedding"}]})
+    async with LLMClient(settings()) as client:
+        [model] = await client.list_models()
+    assert model.type == "embeddings"
