@@ -16,16 +16,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
+from llm.capabilities import ApiKind, ServerCapabilities
 from llm.exceptions import ContextLengthExceededError
-from llm.llm_client import LLMClient, OnEvent, ToolCall, Usage
+from llm.llm_client import LLMClient
+from llm.models import ResolvedModel
+from llm.results import ChatResult, OnEvent, ResponseResult, ToolCall, Usage
 
-T = TypeVar("T")
+T = TypeVar("T", ChatResult, ResponseResult)
 
 logger = logging.getLogger(__name__)
-
-ApiKind = Literal["responses", "chat"]
 
 
 @dataclass(frozen=True)
@@ -69,36 +70,36 @@ class ModelTurn:
 
 @dataclass
 class GenerationOptions:
-    """Per-run generation settings shared by both strategies.
+    """Per-run generation settings shared by both strategies."""
 
-    `stream` turns False for the rest of the run when a streamed request came back as an
-    empty 200 (llama.cpp's server does this for tool calls with `tool_choice: "auto"`).
-    """
-
-    model: str
+    model: ResolvedModel
     instructions: str
+    capabilities: ServerCapabilities
     max_tokens: int | None = None
     temperature: float | None = None
     on_event: OnEvent | None = None
-    stream: bool = True
 
 
 async def generate(options: GenerationOptions, send: Callable[[bool], Awaitable[T]]) -> T:
-    """`send(stream)` streamed when allowed; an empty 200 stream is retried once without streaming.
+    """`send(stream)`, streamed unless the server is known not to stream tool calls.
 
-    An empty stream is also how LM Studio reports a full context; the unstreamed retry then
-    gets the proper 400 and its message.
+    An empty 200 stream is asked again once without streaming. That answer tells what the empty
+    stream meant: tool calls prove the server cannot stream them (llama.cpp), and the capability
+    is learned; anything else (LM Studio's context-overflow form gets its proper 400 now) proves
+    nothing, and the next request streams again.
     """
-    if not options.stream:
+    if not options.capabilities.stream:
         return await send(False)
     try:
         return await send(True)
     except ContextLengthExceededError as exc:
         if exc.status_code != 200:
             raise
-        logger.info("a streamed answer came back empty: asking again without streaming, for the rest of the run")
-        options.stream = False
-        return await send(False)
+    logger.info("a streamed answer came back empty: asking again without streaming")
+    result = await send(False)
+    if result.tool_calls:
+        options.capabilities.streamed_tool_calls_come_back_empty()
+    return result
 
 
 class Conversation(Protocol):
@@ -134,7 +135,7 @@ class ResponsesConversation:
         result = await generate(
             options,
             lambda stream: self._llm.create_response(
-                input_,  # type: ignore[arg-type]
+                input_,
                 model=options.model,
                 previous_response_id=self.previous_response_id,
                 tools=self._tools or None,
@@ -166,7 +167,6 @@ class ChatConversation:
     options: GenerationOptions
     messages: list[dict[str, object]] = field(default_factory=list)
     api: ApiKind = "chat"
-
 
     async def start(self, task: str) -> ModelTurn:
         self.messages = [

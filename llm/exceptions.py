@@ -137,23 +137,33 @@ def _closest(name: str, candidates: Sequence[str], limit: int = 3) -> list[str]:
 
 
 class ModelNotFoundError(LLMValidationError):
-    """The requested model is not among those LM Studio offers."""
+    """The requested model is not among those LM Studio offers.
+
+    `available_models` is None when the server refused the name in a request and the list is not
+    at hand (the error mapping does no I/O); the message then points to list_models.
+    """
 
     def __init__(
         self,
         model_name: str,
-        available_models: Sequence[str],
+        available_models: Sequence[str] | None,
         original_exception: BaseException | None = None,
     ) -> None:
         self.model_name = model_name
-        self.available_models = list(available_models)
+        self.available_models = list(available_models) if available_models is not None else []
         self.suggestions = _closest(model_name, self.available_models)
-        listed = ", ".join(self.available_models) if self.available_models else "(none)"
-        message = f"Model '{model_name}' not found. Available: {listed}"
-        if self.suggestions:
-            message += ". Did you mean " + " or ".join(self.suggestions) + "?"
-        elif not self.available_models:
-            message += ". Download or load a model in LM Studio, then try again."
+        if available_models is None:
+            message = (
+                f"Model '{model_name}' not found: the server refused it (it may have been removed or renamed "
+                "since its model list was read). See list_models for the models available now."
+            )
+        else:
+            listed = ", ".join(self.available_models) if self.available_models else "(none)"
+            message = f"Model '{model_name}' not found. Available: {listed}"
+            if self.suggestions:
+                message += ". Did you mean " + " or ".join(self.suggestions) + "?"
+            elif not self.available_models:
+                message += ". Download or load a model in LM Studio, then try again."
         super().__init__(message, original_exception)
 
 

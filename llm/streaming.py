@@ -6,8 +6,7 @@
     chat_result_from_body, completion_result_from_body, response_result_from_body
                                 the same results from a non-streamed JSON body
 
-The result dataclasses live here (and are re-exported by `llm.llm_client`) so the client can import
-this module without a cycle. Accumulators are pure: `add()` returns the `StreamEvent`s a chunk
+The result dataclasses live in `llm.results`. Accumulators are pure: `add()` returns the `StreamEvent`s a chunk
 produced and the client hands them to the caller's `on_event`.
 
 Nothing here strips `<think>...</think>` from content: some models put their reasoning inside the
@@ -19,93 +18,13 @@ from __future__ import annotations
 import codecs
 import json
 import re
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from llm.results import ChatResult, CompletionResult, ResponseResult, StreamEvent, ToolCall, Usage, parse_usage
+
 DONE = "[DONE]"
-
-
-# --- results ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One function call the model asked for; `arguments` is the raw JSON text it produced."""
-
-    id: str
-    name: str
-    arguments: str
-
-
-@dataclass(frozen=True)
-class Usage:
-    input_tokens: int | None
-    output_tokens: int | None
-    total_tokens: int | None
-
-
-@dataclass
-class ChatResult:
-    content: str
-    reasoning: str
-    tool_calls: list[ToolCall]
-    finish_reason: str | None
-    model: str | None
-    usage: Usage | None
-
-
-@dataclass
-class CompletionResult:
-    text: str
-    finish_reason: str | None
-    model: str | None
-    usage: Usage | None
-
-
-@dataclass
-class ResponseResult:
-    id: str
-    text: str
-    reasoning: str
-    tool_calls: list[ToolCall]  # ToolCall.id is the call_id to answer with function_call_output
-    status: str | None
-    model: str | None
-    usage: Usage | None
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    """A piece of a streamed answer; `chars_so_far` counts every kind together (a progress measure).
-
-    For `tool_call` the delta is the function name when a call starts, then its argument fragments.
-    """
-
-    kind: Literal["text", "reasoning", "tool_call"]
-    delta: str
-    chars_so_far: int
-
-
-OnEvent = Callable[[StreamEvent], Awaitable[None]]
-
-
-def parse_usage(raw: object) -> Usage | None:
-    """Usage from either API's naming (`prompt_tokens` / `input_tokens`, ...); None when absent."""
-    if not isinstance(raw, dict):
-        return None
-
-    def first_int(*keys: str) -> int | None:
-        for key in keys:
-            value = raw.get(key)
-            if isinstance(value, int):
-                return value
-        return None
-
-    return Usage(
-        input_tokens=first_int("input_tokens", "prompt_tokens"),
-        output_tokens=first_int("output_tokens", "completion_tokens"),
-        total_tokens=first_int("total_tokens"),
-    )
 
 
 def _text(value: object) -> str:

@@ -45,11 +45,11 @@ from config import load_config  # noqa: E402
 from tests.support.bridge import bridge_env, bridge_settings, subprocess_params, tool_outputs, write_mcp_json  # noqa: E402
 from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call  # noqa: E402
 from tests.support.mcp_servers import entry_config, install_npm_servers, server_script  # noqa: E402
-from tools.dynamic_autonomous import RunResult  # noqa: E402
-from tools.mcp_discovery import MCPDiscovery, ServerEntry  # noqa: E402
-from tools.server import bridge_state  # noqa: E402
-from tools.session_pool import MCPSessionPool  # noqa: E402
-from tools.state import AppState  # noqa: E402
+from tools.agent import RunResult  # noqa: E402
+from tools.app import AppState, bridge_state  # noqa: E402
+from tools.downstream.discovery import MCPDiscovery  # noqa: E402
+from tools.downstream.entries import ServerEntry, StdioEntry  # noqa: E402
+from tools.downstream.pool import MCPSessionPool, SessionLease  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 
@@ -131,22 +131,24 @@ async def timed_async_batches(reps: Reps, step: Callable[[], Awaitable[object]])
 
 
 class SpanRecorder:
-    """Records (start, end) of every call of some async methods, by wrapping them on one instance."""
+    """Records (start, end) of every call of some async methods, by wrapping them on an instance or a class."""
 
     def __init__(self) -> None:
         self.spans: list[tuple[float, float]] = []
 
     @contextmanager
     def wrapping(self, owner: object, *names: str) -> Iterator[None]:
+        own = {name: vars(owner)[name] for name in names if name in vars(owner)}
         for name in names:
-            original = getattr(owner, name)
-
-            setattr(owner, name, self._timed(original))
+            setattr(owner, name, self._timed(getattr(owner, name)))
         try:
             yield
         finally:
             for name in names:
-                delattr(owner, name)  # the class's method shows through again
+                if name in own:
+                    setattr(owner, name, own[name])  # a class's own method
+                else:
+                    delattr(owner, name)  # the class's method shows through again
 
     def _timed(self, original: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[object]]:
         async def timed(*args: object, **kwargs: object) -> object:
@@ -182,13 +184,13 @@ def make_world(workdir: Path) -> World:
         path = data / f"file_{index:03d}.txt"
         path.write_text(f"benchmark file {index:03d}\n")
         files.append(path)
-    filesystem = ServerEntry(
+    filesystem = StdioEntry(
         name="fs",
         transport="stdio",
         command=_which("node"),
         args=[str(server_script(prefix, "@modelcontextprotocol/server-filesystem")), str(data.resolve())],
     )
-    time_server = ServerEntry(
+    time_server = StdioEntry(
         name="time", transport="stdio", command=sys.executable,
         args=["-m", "mcp_server_time", "--local-timezone", "UTC"],
     )
@@ -233,16 +235,16 @@ def _carries_tool_output(request: RecordedRequest) -> bool:
 
 
 async def bench_validation(reps: Reps, fake: FakeLMStudio, world: World) -> dict[str, object]:
-    """`validate_model` from the cache (batches), and with the cache cleared (one fetch each)."""
+    """Resolving a model name from the cached list (batches), and with a fresh list each time (one fetch each)."""
     async with bridge_state(bridge_settings(fake.url, world.mcp_json)) as state:
-        validator = state.validator
-        await validator.validate_model(MODEL)  # fills the cache, learns the models route
-        cached = await timed_async_batches(reps, lambda: validator.validate_model(MODEL))
+        catalog = state.catalog
+        await catalog.resolve(MODEL)  # fills the cache, learns the models route
+        cached = await timed_async_batches(reps, lambda: catalog.resolve(MODEL))
         uncached = []
         for _ in range(reps.calls):
-            validator.clear_cache()
             start = time.perf_counter()
-            await validator.validate_model(MODEL)
+            await catalog.models(refresh=True)
+            await catalog.resolve(MODEL)
             uncached.append((time.perf_counter() - start) * 1e3)
     return {"cached_us": stat(cached, "us"), "uncached_ms": stat(uncached, "ms")}
 
@@ -322,7 +324,7 @@ async def bench_loop(reps: Reps, world: World) -> tuple[dict[str, object], dict[
                     fake.clear()
                     llm_spans, tool_spans = SpanRecorder(), SpanRecorder()
                     with llm_spans.wrapping(state.llm, "create_response", "chat_completion"), \
-                            tool_spans.wrapping(state.pool, "call_tool"):
+                            tool_spans.wrapping(SessionLease, "call_tool"):
                         run_start = time.perf_counter()
                         result = await run_files_task(state, LOOP_ROUNDS)
                     assert result.stop_reason == "completed" and result.rounds == LOOP_ROUNDS, result
@@ -466,7 +468,7 @@ async def bench_live(world: World) -> dict[str, object]:
     figures: dict[str, object] = {"base_url": base_url}
     async with bridge_state(settings) as state:
         with anyio.fail_after(60):
-            infos = await state.validator.get_model_infos()
+            infos = await state.catalog.models()
         models = [i.id for i in infos if i.type not in ("embeddings",)][:2]
         if not models:
             return {"skipped": f"{base_url} offers no chat model"}

@@ -4,8 +4,8 @@ performance is measured by the script, never asserted as wall-clock thresholds i
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path

@@ -33,7 +33,7 @@ from config import Settings
 from tests.support.bridge import ROOT, bridge_settings, in_process_bridge, text_of, tool_outputs, write_mcp_json
 from tests.support.fake_lmstudio import FakeLMStudio, FakeModel, RecordedRequest, Turn
 from tests.support.mcp_servers import entry_config
-from tools.mcp_discovery import ServerEntry
+from tools.downstream.entries import ServerEntry
 
 API_REFERENCE = ROOT / "docs" / "API_REFERENCE.md"
 GUIDE = ROOT / "docs" / "MULTI_MODEL_GUIDE.md"

@@ -24,7 +24,7 @@ from tests.support.bridge import (
 )
 from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call
 from tests.support.mcp_servers import entry_config
-from tools.mcp_discovery import ServerEntry
+from tools.downstream.entries import ServerEntry
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Retry, fallback and circuit breaker behaviour, with an injected clock and sleep (no real waiting)."""
+"""Retry and circuit breaker behaviour, with an injected clock and sleep (no real waiting)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from utils.error_handling import CircuitBreaker, CircuitBreakerOpen, fallback_strategy, retry_with_backoff
+from utils.error_handling import CircuitBreaker, CircuitBreakerOpen, retry_with_backoff
 
 
 class FakeTime:
@@ -22,9 +22,6 @@ class FakeTime:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        self.sync_sleep(seconds)
-
-    def sync_sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
 
@@ -152,67 +149,9 @@ async def test_cancelled_error_is_never_retried_even_when_base_exception_is_list
     assert len(calls) == 1
 
 
-def test_sync_function_is_retried_with_the_sync_sleep(fake_time: FakeTime) -> None:
-    calls: list[int] = []
-
-    @retry_with_backoff(max_retries=3, base_delay=0.5, jitter=False, sync_sleep=fake_time.sync_sleep)
-    def func(x: int) -> int:
-        calls.append(1)
-        if len(calls) < 3:
-            raise OSError("flaky")
-        return x * 2
-
-    assert func(21) == 42
-    assert fake_time.sleeps == [0.5, 1.0]
-    assert not asyncio.iscoroutinefunction(func)
-
-
 def test_retry_rejects_zero_attempts() -> None:
     with pytest.raises(ValueError, match="max_retries"):
         retry_with_backoff(max_retries=0)
-
-
-async def test_fallback_answers_when_the_function_fails(caplog: pytest.LogCaptureFixture) -> None:
-    async def fallback(tag: str, *, suffix: str) -> str:
-        return tag + suffix
-
-    @fallback_strategy(fallback, ("cached",), {"suffix": "!"})
-    async def primary() -> str:
-        raise ConnectionError("down")
-
-    with caplog.at_level(logging.WARNING, logger="utils.error_handling"):
-        assert await primary() == "cached!"
-    assert "down" in caplog.text
-
-
-async def test_fallback_is_not_used_when_the_function_succeeds() -> None:
-    used: list[int] = []
-
-    @fallback_strategy(lambda: used.append(1))
-    async def primary() -> str:
-        return "fresh"
-
-    assert await primary() == "fresh"
-    assert used == []
-
-
-async def test_fallback_does_not_swallow_cancellation() -> None:
-    @fallback_strategy(lambda: "fallback", exceptions=(BaseException,))
-    async def primary() -> str:
-        raise asyncio.CancelledError()
-
-    with pytest.raises(asyncio.CancelledError):
-        await primary()
-
-
-def test_fallback_works_on_sync_functions_and_only_for_listed_exceptions() -> None:
-    @fallback_strategy(lambda: "fallback", exceptions=(OSError,))
-    def primary(error: Exception) -> str:
-        raise error
-
-    assert primary(OSError("disk")) == "fallback"
-    with pytest.raises(KeyError):
-        primary(KeyError("bug"))
 
 
 def make_breaker(fake_time: FakeTime) -> CircuitBreaker:

@@ -28,20 +28,21 @@ from mcp.types import CallToolResult
 
 from config import load_config
 from llm.exceptions import LLMResponseError, LLMServerError
-from llm.llm_client import LLMClient
+from llm.llm_client import ClientOptions, LLMClient
+from llm.models import ResolvedModel
 from tests.support.bridge import (
     ROOT,
     bridge_env,
     bridge_settings,
     in_process_bridge,
     model_requests,
+    processes_mentioning,
     subprocess_params,
     text_of,
     tool_outputs,
     write_mcp_json,
 )
 from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call
-from tests.support.bridge import processes_mentioning
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +52,8 @@ CONTEXT_OVERFLOW = (
     "Trying to keep the first 5210 tokens when context the overflows. However, the model is loaded with "
     "context length of 4096; consider increasing the context length or enabling a context overflow policy."
 )
+
+CODER = ResolvedModel("qwen/qwen3-coder-30b", "requested", None, asyncio.Semaphore(4))
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------
@@ -291,9 +294,9 @@ async def test_the_retry_delays_are_capped_so_the_total_time_is_bounded(fake: Fa
         {"LMSTUDIO_BASE_URL": fake.url, "LMSTUDIO_RETRY_ATTEMPTS": "5", "LMSTUDIO_RETRY_BASE_DELAY_S": "0.5",
          "LMSTUDIO_RETRY_MAX_DELAY_S": "2"}
     )
-    async with LLMClient(settings, sleep=record) as client:
+    async with LLMClient(ClientOptions.from_settings(settings), sleep=record) as client:
         with pytest.raises(LLMServerError):
-            await client.chat_completion([{"role": "user", "content": "hi"}], model="qwen/qwen3-coder-30b")
+            await client.chat_completion([{"role": "user", "content": "hi"}], model=CODER)
     assert len(delays) == 4
     assert all(0 <= d <= cap for d, cap in zip(delays, [0.5, 1.0, 2.0, 2.0], strict=True))
 
@@ -407,9 +410,9 @@ async def test_a_responses_stream_that_ends_before_completed_is_an_error(mock: r
         {"type": "response.output_text.delta", "item_id": "msg_1", "output_index": 0, "delta": "The answer"},
     ]
     mock.post("/v1/responses").respond(200, content=sse(*events, done=False), headers={"Content-Type": "text/event-stream"})
-    async with LLMClient(bridge_settings(MOCK_URL)) as client:
+    async with LLMClient(ClientOptions.from_settings(bridge_settings(MOCK_URL))) as client:
         with pytest.raises(LLMResponseError, match="ended before the model finished \\(10 characters"):
-            await client.create_response("hi", model="qwen/qwen3-coder-30b", stream=True)
+            await client.create_response("hi", model=CODER, stream=True)
 
 
 async def test_a_stream_cut_by_a_dropped_connection_says_it_was_cut(mock: respx.MockRouter) -> None:
@@ -756,7 +759,11 @@ async def test_config_entry_faults_each_name_the_server_and_what_to_fix(
         "this bridge."
     )
     assert listed.structured_content["excluded"] == {"myself": f"it runs '{ROOT / 'main.py'}', the main.py of this bridge"}
-    assert [r["name"] for r in listed.structured_content["servers"]] == ["toy"]
+    rows = {r["name"]: r for r in listed.structured_content["servers"]}
+    assert [name for name, row in rows.items() if row["usable"]] == ["toy"]
+    # The entries it cannot use are listed too, each with why (as TROUBLESHOOTING promises).
+    assert "LMSB_FAULTS_UNSET_VARIABLE" in rows["needs_var"]["last_error"]
+    assert "neither" in rows["nothing"]["last_error"] and "this bridge" in rows["myself"]["last_error"]
     assert text_of(again) == "Toy still works."
 
 

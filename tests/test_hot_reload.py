@@ -9,8 +9,8 @@ import pytest
 
 from tests.support.bridge import ROOT, bridge_settings, write_mcp_json
 from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
-from tools.exceptions import MCPServerNotFoundError
-from tools.server import bridge_state
+from tools.app import bridge_state
+from tools.downstream.errors import MCPServerNotFoundError
 
 pytestmark = pytest.mark.slow
 

@@ -22,10 +22,9 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.support.bridge import ROOT, bridge_env, subprocess_params, text_of, write_mcp_json
+from tests.support.bridge import ROOT, bridge_env, processes_mentioning, subprocess_params, text_of, write_mcp_json
 from tests.support.mcp_servers import entry_config
-from tests.support.bridge import processes_mentioning
-from tools.mcp_discovery import ServerEntry
+from tools.downstream.entries import ServerEntry
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 

@@ -15,10 +15,9 @@ import pytest
 import respx
 
 from config import load_config
-from llm.llm_client import LLMClient
 from tests.support.bridge import bridge_settings, tool_outputs, write_mcp_json
 from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call
-from tools.server import bridge_state
+from tools.app import AppState, bridge_state
 
 TIME_SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
 TASKS = 100
@@ -87,10 +86,11 @@ class HeldAnswers:
         return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}]})
 
 
-async def peak_in_flight(client: LLMClient, held: HeldAnswers, model: str, requests: int) -> int:
+async def peak_in_flight(state: AppState, held: HeldAnswers, model: str, requests: int) -> int:
     """Send `requests` at once, let the loop settle, read how many reached the server, then release them."""
+    resolved = await state.catalog.resolve(model)
     calls = [
-        asyncio.create_task(client.chat_completion([{"role": "user", "content": "hi"}], model=model))
+        asyncio.create_task(state.llm.chat_completion([{"role": "user", "content": "hi"}], model=resolved))
         for _ in range(requests)
     ]
     for _ in range(50):
@@ -105,9 +105,10 @@ async def test_requests_beyond_the_per_model_limit_wait_in_line() -> None:
     settings = load_config({"LMSTUDIO_BASE_URL": "http://lm.test", "LMSTUDIO_MAX_CONCURRENCY": "3"})
     held = HeldAnswers()
     with respx.mock(base_url="http://lm.test") as mock:
+        mock.get("/api/v1/models").respond(json={"models": [{"key": "m", "type": "llm", "loaded_instances": []}]})
         mock.post("/v1/chat/completions").mock(side_effect=held)
-        async with LLMClient(settings) as client:
-            assert await peak_in_flight(client, held, "m", 10) == 3
+        async with bridge_state(settings) as state:
+            assert await peak_in_flight(state, held, "m", 10) == 3
 
 
 async def test_without_a_limit_set_the_queue_follows_lm_studios_parallel_slots() -> None:
@@ -121,7 +122,6 @@ async def test_without_a_limit_set_the_queue_follows_lm_studios_parallel_slots()
     with respx.mock(base_url="http://lm.test") as mock:
         mock.get("/api/v1/models").respond(json=listing)
         mock.post("/v1/chat/completions").mock(side_effect=held)
-        async with LLMClient(settings) as client:
-            models = await client.list_models()
-            assert models[0].parallel == 2
-            assert await peak_in_flight(client, held, "qwen/qwen3-4b", 6) == 2
+        async with bridge_state(settings) as state:
+            # The very first call: no earlier listing decides the size, the resolution reads it.
+            assert await peak_in_flight(state, held, "qwen/qwen3-4b", 6) == 2

@@ -17,9 +17,9 @@ import pytest
 from tests.support.bridge import bridge_settings, model_requests, write_mcp_json
 from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
 from tests.support.mcp_servers import entry_config
-from tools.dynamic_autonomous import DynamicAutonomousAgent
-from tools.mcp_discovery import ServerEntry
-from tools.server import bridge_state
+from tools.agent import DynamicAutonomousAgent
+from tools.app import bridge_state
+from tools.downstream.entries import ServerEntry
 
 pytestmark = pytest.mark.slow
 

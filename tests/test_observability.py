@@ -16,7 +16,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.support.bridge import bridge_env, bridge_settings, in_process_bridge, subprocess_params, text_of, write_mcp_json
+from tests.support.bridge import (
+    bridge_env,
+    bridge_settings,
+    in_process_bridge,
+    subprocess_params,
+    text_of,
+    write_mcp_json,
+)
 from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
 from utils.logging import configure_logging
 
@@ -63,7 +70,7 @@ async def test_json_logs_carry_the_run_id_round_and_tool_timings(
     async with in_process_bridge(bridge_settings(fake.url, mcp_json)) as client:
         await client.call_tool("autonomous_with_mcp", {"mcp_name": "time", "task": "time?"})
     records = [json.loads(line) for line in json_logs.getvalue().splitlines()]
-    run_lines = [r for r in records if r["logger"] == "tools.dynamic_autonomous"]
+    run_lines = [r for r in records if r["logger"].startswith("tools.agent")]
     run_ids = {r["run_id"] for r in run_lines}
     assert len(run_ids) == 1 and "-" not in run_ids
     assert any("get_current_time on time ok in" in r["msg"] and r["msg"].startswith("round 1:") for r in run_lines)

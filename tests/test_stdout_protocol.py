@@ -17,9 +17,8 @@ import pytest
 from anyio.abc import ByteReceiveStream, Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from tests.support.bridge import ROOT, bridge_env, write_mcp_json
+from tests.support.bridge import ROOT, bridge_env, processes_mentioning, write_mcp_json
 from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
-from tests.support.bridge import processes_mentioning
 
 pytestmark = pytest.mark.slow
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ToolAnnotations
 
+from tools.app import AppState, app_state
 from tools.results import as_json, reports_errors, success
-from tools.state import AppState, app_state
 
 _READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 
@@ -20,6 +20,7 @@ def register_bridge_tools(mcp: MCPServer[AppState]) -> None:
         """List the MCP servers the autonomous tools can use (from the .mcp.json file), with their state.
 
         Shows name, transport, enabled/disabled, whether started and its tool count, and the config file used.
+        An entry that cannot be used (an unset ${VAR}, a wrong field) is listed with why.
         """
         state = app_state(ctx)
         discovery = state.discovery
@@ -32,9 +33,22 @@ def register_bridge_tools(mcp: MCPServer[AppState]) -> None:
                     "name": name,
                     "transport": entry.transport,
                     "enabled": not entry.disabled,
+                    "usable": True,
                     "started": status.started,
                     "tool_count": status.tool_count,
                     "last_error": status.last_error,
+                }
+            )
+        for name, why in sorted(discovery.unusable().items()):
+            rows.append(
+                {
+                    "name": name,
+                    "transport": None,
+                    "enabled": False,
+                    "usable": False,
+                    "started": False,
+                    "tool_count": None,
+                    "last_error": why,
                 }
             )
         data = {
@@ -48,6 +62,8 @@ def register_bridge_tools(mcp: MCPServer[AppState]) -> None:
     @mcp.tool(annotations=_READ_ONLY)
     @reports_errors
     async def bridge_stats(ctx: Context) -> CallToolResult:
-        """Counters and latency summaries of this bridge since it started (LLM requests, tool calls, runs)."""
-        snapshot = app_state(ctx).metrics.snapshot()
+        """Counters and latency summaries of this bridge since it started (LLM requests, tool calls, runs),
+        and what it has learned about the model server's API."""
+        state = app_state(ctx)
+        snapshot = {**state.metrics.snapshot(), "model_server": state.capabilities.describe()}
         return success(as_json(snapshot), snapshot)

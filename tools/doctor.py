@@ -1,7 +1,9 @@
 """`lmstudio-bridge doctor`: a human-readable check of the whole set-up, exit code 0 or 1.
 
-It builds the same parts the server does (`bridge_state`), so what it reports is what the
-server would see.
+It builds the same parts the server does (`tools.app.bridge_state`), so what it reports is what
+the server would see: the model server and its models, the model a call without `model` would
+use (a DEFAULT_MODEL the server lacks is a failure, with suggestions), the effective settings
+(secrets masked), and every entry of the MCP config, usable or not.
 """
 
 from __future__ import annotations
@@ -11,19 +13,18 @@ from typing import TextIO
 
 from config import Settings
 from llm.exceptions import LLMError
-from tools.exceptions import MCPBridgeError
-from tools.server import bridge_state
-from tools.state import AppState
+from tools.app import AppState, bridge_state
+from tools.downstream.errors import MCPBridgeError
 
 
 async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) -> int:
-    """Check LM Studio and the MCP config, print what was found; 0 when LM Studio answers and models exist."""
+    """Check the model server and the MCP config, print what was found; 0 when a usable model answers."""
 
     def say(line: str = "") -> None:
         out.write(line + "\n")
 
     async with bridge_state(settings) as state:
-        healthy = await _check_lm_studio(state, say)
+        healthy = await _check_model_server(state, say)
         say()
         say("Configuration (secrets masked)")
         for key, value in settings.masked().items():
@@ -35,15 +36,15 @@ async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) ->
     return 0 if healthy else 1
 
 
-async def _check_lm_studio(state: AppState, say: Callable[[str], None]) -> bool:
-    llm = state.llm
+async def _check_model_server(state: AppState, say: Callable[[str], None]) -> bool:
+    catalog = state.catalog
     say("LM Studio")
     try:
-        models = await llm.list_models()
+        models = await catalog.models(refresh=True)
     except LLMError as exc:
         say(f"  FAIL  {exc}")
         return False
-    say(f"  ok    reachable at {llm.base_url}, {len(models)} model(s)")
+    say(f"  ok    reachable at {catalog.base_url}, {len(models)} model(s)")
     for m in models:
         context = f", context {m.max_context_length}" if m.max_context_length else ""
         say(f"        - {m.id} [{m.type or 'type ?'}, {m.state or 'state ?'}{context}]")
@@ -51,10 +52,11 @@ async def _check_lm_studio(state: AppState, say: Callable[[str], None]) -> bool:
         say("  FAIL  no models: download one in LM Studio (or load one with `lms load`)")
         return False
     try:
-        say(f"  ok    default model: {await llm.resolve_model(None)}")
+        default = await catalog.resolve(None)
     except LLMError as exc:
-        say(f"  FAIL  {exc}")
+        say(f"  FAIL  default model: {exc}")
         return False
+    say(f"  ok    default model: {default.id} ({default.source})")
     return True
 
 
@@ -65,18 +67,17 @@ async def _check_mcp_servers(state: AppState, start_servers: bool, say: Callable
     say(f"  config file: {discovery.path or '(none found)'}")
     if discovery.parse_error:
         say(f"  WARN  {discovery.parse_error}")
-    for name, reason in discovery.excluded.items():
+    for name, reason in sorted(discovery.unusable().items()):
         say(f"  skip  {name}: {reason}")
     servers = discovery.servers()
     if not servers:
-        say("  (no servers configured: the autonomous tools need at least one)")
+        say("  (no usable servers configured: the autonomous tools need at least one)")
         return
     for name, entry in sorted(servers.items()):
-        where = entry.url if entry.transport != "stdio" else " ".join([entry.command or "", *entry.args])
         if entry.disabled:
-            say(f"  off   {name} ({entry.transport}) disabled: {where}")
+            say(f"  off   {name} ({entry.transport}) disabled: {entry.where}")
         elif not start_servers:
-            say(f"  --    {name} ({entry.transport}): {where}")
+            say(f"  --    {name} ({entry.transport}): {entry.where}")
         else:
             try:
                 tools = await state.pool.list_tools(entry)

@@ -1,9 +1,8 @@
 """The direct LM Studio tools: health, models, chat and text completion, embeddings, responses.
 
-Every tool that runs a model takes an optional `model`, validated by the shared
-`ModelValidator` (aliases resolved; an unknown name fails with the available list) before
-any generation starts. `model` left out means the default model (DEFAULT_MODEL, else the
-loaded one).
+Every tool that runs a model takes an optional `model`, resolved by the model catalog
+(aliases resolved; an unknown name fails with the available list) before any generation
+starts. `model` left out means the default model (DEFAULT_MODEL, else the loaded one).
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from llm.exceptions import ModelNotFoundError
-from llm.llm_client import ModelInfo, StreamEvent, Usage
-from llm.model_validator import resolve_model_for_call
+from llm.models import ModelInfo
 from llm.reasoning import split_reasoning
+from llm.results import StreamEvent, Usage
+from tools.app import AppState, app_state
 from tools.progress import ProgressReporter
 from tools.results import as_json, reports_errors, success
-from tools.state import AppState, app_state
 
 ModelParam = Annotated[
     str | None,
@@ -41,11 +39,11 @@ _READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 _GENERATES = ToolAnnotations(readOnlyHint=True, idempotentHint=False, openWorldHint=False)
 
 
-async def _resolve(state: AppState, model: str | None) -> str:
-    """The concrete model id to send: validated when named, the default one otherwise."""
-    return await resolve_model_for_call(
-        state.validator, state.llm, model, default_model=state.settings.default_model
-    )
+_SOURCES = {
+    "DEFAULT_MODEL": "DEFAULT_MODEL",
+    "loaded": "loaded model",
+    "first listed": "first model listed: none is loaded, LM Studio loads it on first use",
+}
 
 
 def _model_row(info: ModelInfo) -> dict[str, object]:
@@ -67,9 +65,9 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         """Check that LM Studio's server answers, and how many models it offers and has loaded."""
         state = app_state(ctx)
         started = time.perf_counter()
-        models = await state.validator.get_model_infos(use_cache=False)
+        models = await state.catalog.models(refresh=True)
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
-        loaded = [m.id for m in models if m.state == "loaded"]
+        loaded = [m.id for m in models if m.is_loaded]
         text = f"LM Studio is reachable at {state.llm.base_url} ({latency_ms} ms): {len(models)} models"
         text += f", loaded: {', '.join(loaded)}" if loaded else " (loaded state not reported or none loaded)"
         return success(
@@ -90,7 +88,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
 
         Use an id from here as the `model` of any other tool.
         """
-        models = await app_state(ctx).validator.get_model_infos(use_cache=False)
+        models = await app_state(ctx).catalog.models(refresh=True)
         rows = [_model_row(m) for m in models]
         return success(as_json(rows), {"models": rows})
 
@@ -98,19 +96,14 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     @reports_errors
     async def get_current_model(ctx: Context) -> CallToolResult:
         """Show which model a call without `model` would use, from LM Studio's model state (no generation)."""
-        state = app_state(ctx)
-        models = await state.validator.get_model_infos(use_cache=False)
-        current = await _resolve(state, None)
-        loaded = [m.id for m in models if m.state == "loaded" or m.loaded_instances]
-        if state.settings.default_model:
-            source = "DEFAULT_MODEL"
-        elif current in loaded:
-            source = "loaded model"
-        else:
-            source = "first model listed: none is loaded, LM Studio loads it on first use"
+        catalog = app_state(ctx).catalog
+        models = await catalog.models(refresh=True)
+        current = await catalog.resolve(None)
+        loaded = [m.id for m in models if m.is_loaded]
+        source = _SOURCES[current.source]
         return success(
-            f"Current model: {current} (from {source})",
-            {"model": current, "source": source, "loaded": loaded},
+            f"Current model: {current.id} (from {source})",
+            {"model": current.id, "source": source, "loaded": loaded},
         )
 
     @mcp.tool(annotations=_GENERATES)
@@ -127,13 +120,13 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CallToolResult:
         """Ask a local model one question and get its answer (reasoning kept out of the answer)."""
         state = app_state(ctx)
-        resolved = await _resolve(state, model)
+        resolved = await state.catalog.resolve(model)
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": prompt})
         progress = ProgressReporter(ctx)
 
         async def on_event(event: StreamEvent) -> None:
-            await progress.report(f"{resolved}: generating ({event.chars_so_far} chars)")
+            await progress.report(f"{resolved.id}: generating ({event.chars_so_far} chars)")
 
         result = await state.llm.chat_completion(
             messages, model=resolved, temperature=temperature, max_tokens=max_tokens, stream=True, on_event=on_event
@@ -144,7 +137,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
             answer,
             {
                 "answer": answer,
-                "model": result.model or resolved,
+                "model": result.model or resolved.id,
                 "finish_reason": result.finish_reason,
                 "reasoning": reasoning,
                 "usage": _usage(result.usage),
@@ -165,7 +158,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CallToolResult:
         """Continue raw text with a local model (no chat template)."""
         state = app_state(ctx)
-        resolved = await _resolve(state, model)
+        resolved = await state.catalog.resolve(model)
         result = await state.llm.text_completion(
             prompt, model=resolved, temperature=temperature, max_tokens=max_tokens, stop=stop
         )
@@ -173,7 +166,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
             result.text,
             {
                 "text": result.text,
-                "model": result.model or resolved,
+                "model": result.model or resolved.id,
                 "finish_reason": result.finish_reason,
                 "usage": _usage(result.usage),
             },
@@ -198,18 +191,13 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CallToolResult:
         """Turn text into embedding vectors with a local embedding model."""
         state = app_state(ctx)
-        resolved = await state.validator.resolve_model_name(model, purpose="embeddings")
-        if resolved is None:
-            infos = await state.validator.get_model_infos()
-            embedders = [m.id for m in infos if m.type == "embeddings"]
-            if not embedders:
-                raise ModelNotFoundError("(an embedding model)", [m.id for m in infos])
-            resolved = embedders[0]
+        resolved = await state.catalog.resolve(model, purpose="embeddings")
         result = await state.llm.generate_embeddings(text, model=resolved)
         dims = len(result.embeddings[0]) if result.embeddings else 0
+        used = result.model or resolved.id
         return success(
-            f"{len(result.embeddings)} embedding(s) of {dims} dimensions from {result.model or resolved}",
-            {"model": result.model or resolved, "dimensions": dims, "embeddings": result.embeddings},
+            f"{len(result.embeddings)} embedding(s) of {dims} dimensions from {used}",
+            {"model": used, "dimensions": dims, "embeddings": result.embeddings},
         )
 
     @mcp.tool(annotations=_GENERATES)
@@ -228,7 +216,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CallToolResult:
         """Stateful conversation through LM Studio's /v1/responses: pass the returned response_id to continue."""
         state = app_state(ctx)
-        resolved = await _resolve(state, model)
+        resolved = await state.catalog.resolve(model)
         result = await state.llm.create_response(
             input,
             model=resolved,
@@ -244,7 +232,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
             {
                 "text": answer,
                 "response_id": result.id,
-                "model": result.model or resolved,
+                "model": result.model or resolved.id,
                 "reasoning": reasoning,
                 "usage": _usage(result.usage),
             },

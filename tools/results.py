@@ -18,7 +18,7 @@ from mcp.types import CallToolResult, TextContent
 
 from config import ConfigError
 from llm.exceptions import LLMError
-from tools.exceptions import MCPBridgeError
+from tools.downstream.errors import MCPBridgeError
 from utils.logging import redact
 
 logger = logging.getLogger(__name__)

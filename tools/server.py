@@ -1,11 +1,11 @@
-"""The bridge's MCP server: its lifespan owns the long-lived parts, and every tool is registered here."""
+"""The bridge's MCP server: its lifespan owns the long-lived parts (`tools.app`), every tool is registered here."""
 
 from __future__ import annotations
 
 import logging
 import signal
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -15,17 +15,10 @@ from mcp.types import CallToolResult, InputRequiredResult
 from pydantic import ValidationError
 
 from config import Settings
-from llm.llm_client import LLMClient
-from llm.model_validator import ModelValidator
+from tools.app import AppState, bridge_state
+from tools.autonomous_tools import register_autonomous_tools
 from tools.bridge_tools import register_bridge_tools
-from tools.dynamic_autonomous import DynamicAutonomousAgent
-from tools.dynamic_autonomous_register import register_autonomous_tools
 from tools.lmstudio_tools import register_lmstudio_tools
-from tools.mcp_discovery import MCPDiscovery
-from tools.session_pool import MCPSessionPool
-from tools.state import AppState
-from utils.logging import register_secret
-from utils.metrics import Metrics
 from utils.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -37,41 +30,6 @@ Tools to hand work to local models served by LM Studio.
   works a task out on its own with the tools of the user's other MCP servers (list them with
   list_available_mcps) and returns its answer.
 Every model-running tool takes an optional `model` (see list_models); leave it out for the default."""
-
-
-@asynccontextmanager
-async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
-    """Build the bridge's long-lived parts, and close them all (MCP sessions, HTTP client) on exit."""
-    register_secret(settings.lmstudio_api_key.get_secret_value() if settings.lmstudio_api_key else None)
-    async with AsyncExitStack() as stack:
-        metrics = Metrics()
-        llm = await stack.enter_async_context(LLMClient(settings, metrics=metrics))
-        # The client already retries each request; the validator's own retry would multiply attempts.
-        validator = ModelValidator(
-            llm, cache_ttl_s=settings.model_cache_ttl_s, aliases=settings.model_aliases, fetch_attempts=1
-        )
-        discovery = MCPDiscovery(settings.mcp_json_path)
-        pool = await stack.enter_async_context(
-            MCPSessionPool(
-                start_timeout_s=settings.mcp_start_timeout_s,
-                call_timeout_s=settings.mcp_tool_timeout_s,
-                idle_timeout_s=settings.mcp_idle_timeout_s,
-            )
-        )
-        agent = DynamicAutonomousAgent(
-            settings=settings, llm=llm, validator=validator, discovery=discovery, pool=pool, metrics=metrics
-        )
-        logger.info("bridge %s ready; LM Studio at %s", __version__, llm.base_url)
-        yield AppState(
-            settings=settings,
-            llm=llm,
-            validator=validator,
-            discovery=discovery,
-            pool=pool,
-            agent=agent,
-            metrics=metrics,
-        )
-        logger.info("bridge shutting down: closing MCP sessions and the LM Studio client")
 
 
 class BridgeServer(MCPServer[AppState]):

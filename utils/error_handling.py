@@ -1,4 +1,4 @@
-"""Retry, fallback and circuit breaking: the bridge's policy for failures that may pass.
+"""Retry and circuit breaking: the bridge's policy for failures that may pass.
 
 What is retried, and why:
     Only errors a second attempt can fix (for LM Studio: connect errors, timeouts, 429, 5xx;
@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Literal, ParamSpec, TypeVar, cast
+from collections.abc import Awaitable, Callable
+from typing import Literal, ParamSpec, TypeVar
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +49,9 @@ def retry_with_backoff(
     should_retry: Callable[[BaseException], bool] | None = None,
     on_retry: Callable[[BaseException, int, float], None] | None = None,
     sleep: Callable[[float], Awaitable[None]] | None = None,
-    sync_sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """Decorate an async or sync function to retry it with exponential backoff.
+) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
+    """Decorate an async function to retry it with exponential backoff.
 
     Args:
         max_retries: attempts in all (1 means no retry).
@@ -68,7 +66,7 @@ def retry_with_backoff(
         max_total_s: give up rather than start a sleep that would end past this many seconds
             since the first attempt.
         should_retry: a further filter on retryable errors (e.g. "not a 4xx").
-        sleep, sync_sleep: replace `asyncio.sleep` / `time.sleep` (tests).
+        sleep: replaces `asyncio.sleep` (tests).
         clock: the monotonic clock that `max_total_s` is measured with.
 
     Raises:
@@ -79,7 +77,7 @@ def retry_with_backoff(
     if base_delay < 0 or max_delay < 0:
         raise ValueError(f"delays must be >= 0, got base_delay={base_delay}, max_delay={max_delay}")
 
-    def decorator(func: Callable[P, T]) -> Callable[P, T]:
+    def decorator(func: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         name = getattr(func, "__qualname__", repr(func))
 
         def next_delay(error: BaseException, attempt: int, started: float) -> float | None:
@@ -114,88 +112,22 @@ def retry_with_backoff(
                 on_retry(error, attempt, delay)
             return delay
 
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-                started = clock()
-                attempt = 0
-                while True:
-                    attempt += 1
-                    try:
-                        return cast(T, await func(*args, **kwargs))
-                    except exceptions as error:
-                        delay = next_delay(error, attempt, started)
-                        if delay is None:
-                            raise
-                    await (sleep if sleep is not None else asyncio.sleep)(delay)
-
-            return cast(Callable[P, T], async_wrapper)
-
         @functools.wraps(func)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             started = clock()
             attempt = 0
             while True:
                 attempt += 1
                 try:
-                    return func(*args, **kwargs)
+                    return await func(*args, **kwargs)
                 except exceptions as error:
                     delay = next_delay(error, attempt, started)
                     if delay is None:
                         raise
-                (sync_sleep if sync_sleep is not None else time.sleep)(delay)
+                await (sleep if sleep is not None else asyncio.sleep)(delay)
 
-        return sync_wrapper
+        return wrapper
 
-    return decorator
-
-
-def fallback_strategy(
-    fallback_func: Callable[..., object],
-    fallback_args: tuple[object, ...] | None = None,
-    fallback_kwargs: Mapping[str, object] | None = None,
-    *,
-    exceptions: tuple[type[BaseException], ...] = (Exception,),
-) -> Callable[[Callable[P, T]], Callable[P, T]]:
-    """Decorate a function so that, when it raises one of `exceptions`, `fallback_func` answers instead.
-
-    On an async function the fallback may be sync or async (its result is awaited if needed).
-    The failure is logged at WARNING. Cancellation is never swallowed.
-    """
-    f_args = fallback_args or ()
-    f_kwargs = dict(fallback_kwargs or {})
-
-    def decorator(func: Callable[P, T]) -> Callable[P, T]:
-        name = getattr(func, "__qualname__", repr(func))
-        fallback_name = getattr(fallback_func, "__qualname__", repr(fallback_func))
-
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-                try:
-                    return cast(T, await func(*args, **kwargs))
-                except exceptions as error:
-                    if isinstance(error, _NEVER_RETRIED):
-                        raise
-                    logger.warning("%s failed, using fallback %s: %r", name, fallback_name, error)
-                result = fallback_func(*f_args, **f_kwargs)
-                return cast(T, await result if inspect.isawaitable(result) else result)
-
-            return cast(Callable[P, T], async_wrapper)
-
-        @functools.wraps(func)
-        def sync_wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            try:
-                return func(*args, **kwargs)
-            except exceptions as error:
-                if isinstance(error, _NEVER_RETRIED):
-                    raise
-                logger.warning("%s failed, using fallback %s: %r", name, fallback_name, error)
-            return cast(T, fallback_func(*f_args, **f_kwargs))
-
-        return sync_wrapper
 
     return decorator
 

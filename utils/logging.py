@@ -13,10 +13,16 @@ import json
 import logging
 import sys
 import threading
+import uuid
 from datetime import UTC, datetime
 from typing import TextIO
 
 run_id: contextvars.ContextVar[str] = contextvars.ContextVar("run_id", default="-")
+
+
+def new_run_id() -> str:
+    """A short id for one autonomous run (8 hex digits: unique enough within one bridge's log)."""
+    return uuid.uuid4().hex[:8]
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()

@@ -2,8 +2,9 @@
 
 Kept deliberately small: a counter is a name plus sorted labels; a histogram keeps count,
 sum, min, max and fixed buckets, so memory stays constant however long the bridge runs.
-Spans for a user's OpenTelemetry collector come from `tracer` (the API is a dependency of
-mcp; without an SDK configured the spans cost next to nothing).
+Spans for a user's OpenTelemetry collector come from `tracer()` (the API is a dependency of
+mcp; without an SDK configured the spans cost next to nothing). It is imported on first use,
+not at start-up: the bridge lists its tools before any span is needed.
 """
 
 from __future__ import annotations
@@ -12,10 +13,22 @@ import bisect
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from opentelemetry import trace
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
-tracer = trace.get_tracer("lmstudio_bridge")
+_tracer: Tracer | None = None
+
+
+def tracer() -> Tracer:
+    """The bridge's OpenTelemetry tracer (the API imported on first use)."""
+    global _tracer
+    if _tracer is None:
+        from opentelemetry import trace
+
+        _tracer = trace.get_tracer("lmstudio_bridge")
+    return _tracer
 
 _BUCKETS_MS: tuple[float, ...] = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 

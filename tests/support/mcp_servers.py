@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.mcp_discovery import ServerEntry
+from tools.downstream.entries import ServerEntry, StdioEntry
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def _node_server(
     prefix: Path, name: str, package: str, args: list[str], env: dict[str, str] | None = None
 ) -> ServerEntry:
     node = shutil.which("node") or "node"
-    return ServerEntry(
+    return StdioEntry(
         name=name,
         transport="stdio",
         command=node,
@@ -222,7 +222,7 @@ def everything_entry(npm_servers: Path) -> ServerEntry:
 @pytest.fixture
 def time_entry() -> ServerEntry:
     """mcp-server-time from PyPI, run by this interpreter, in UTC."""
-    return ServerEntry(
+    return StdioEntry(
         name="time",
         transport="stdio",
         command=sys.executable,

@@ -14,10 +14,10 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from tools.dynamic_autonomous import DEFAULT_MAX_ROUNDS, RunResult
+from tools.agent import DEFAULT_MAX_ROUNDS, RunResult
+from tools.app import AppState, app_state
 from tools.progress import ProgressReporter
 from tools.results import failure, reports_errors, success
-from tools.state import AppState, app_state
 
 Task = Annotated[
     str,

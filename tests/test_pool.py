@@ -16,9 +16,10 @@ import pytest
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 
-from tools.exceptions import MCPServerCrashedError, MCPServerStartError, MCPToolTimeoutError
-from tools.mcp_discovery import DiscoveryChange, ServerEntry
-from tools.session_pool import MCPSessionPool
+from tools.downstream.discovery import DiscoveryChange
+from tools.downstream.entries import HttpEntry, ServerEntry, StdioEntry
+from tools.downstream.errors import MCPServerCrashedError, MCPServerStartError, MCPToolTimeoutError
+from tools.downstream.pool import MCPSessionPool
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def tiny_entry(tmp_path: Path) -> Callable[..., ServerEntry]:
     script.write_text(TINY_SERVER, encoding="utf-8")
 
     def make(name: str = "tiny", **env: str) -> ServerEntry:
-        return ServerEntry(name=name, transport="stdio", command=sys.executable, args=[str(script)], env=env)
+        return StdioEntry(name=name, transport="stdio", command=sys.executable, args=[str(script)], env=env)
 
     return make
 
@@ -237,7 +238,7 @@ async def test_a_killed_server_fails_the_call_in_flight_and_restarts_on_next_use
 
 
 async def test_a_server_that_exits_at_start_reports_its_stderr_tail_and_exit_code(pool: MCPSessionPool) -> None:
-    entry = ServerEntry(
+    entry = StdioEntry(
         name="boom",
         transport="stdio",
         command=sys.executable,
@@ -255,7 +256,7 @@ async def test_a_server_that_exits_at_start_reports_its_stderr_tail_and_exit_cod
 
 async def test_a_command_that_does_not_exist_fails_to_start_naming_it(pool: MCPSessionPool, tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-server")
-    entry = ServerEntry(name="ghost", transport="stdio", command=missing)
+    entry = StdioEntry(name="ghost", transport="stdio", command=missing)
 
     with pytest.raises(MCPServerStartError, match="command not found") as caught:
         await pool.call_tool(entry, "anything", {})
@@ -265,7 +266,7 @@ async def test_a_command_that_does_not_exist_fails_to_start_naming_it(pool: MCPS
 
 async def test_a_server_that_never_initializes_fails_after_the_start_timeout_and_is_killed(tmp_path: Path) -> None:
     pid_file = tmp_path / "pid"
-    entry = ServerEntry(
+    entry = StdioEntry(
         name="mute",
         transport="stdio",
         command=sys.executable,
@@ -280,7 +281,7 @@ async def test_a_server_that_never_initializes_fails_after_the_start_timeout_and
 
 async def test_a_disabled_entry_is_never_started(pool: MCPSessionPool, tmp_path: Path) -> None:
     marker = tmp_path / "started"
-    entry = ServerEntry(
+    entry = StdioEntry(
         name="off", transport="stdio", command=sys.executable, args=["-c", f"open({str(marker)!r}, 'w')"], disabled=True
     )
 
@@ -351,7 +352,7 @@ async def http_server_url() -> AsyncIterator[str]:
 async def test_a_streamable_http_server_is_used_through_its_url_with_the_entry_headers(
     pool: MCPSessionPool, http_server_url: str
 ) -> None:
-    entry = ServerEntry(name="remote", transport="http", url=http_server_url, headers={"X-Test-Token": "t0k3n"})
+    entry = HttpEntry(name="remote", transport="http", url=http_server_url, headers={"X-Test-Token": "t0k3n"})
 
     tools = await pool.list_tools(entry)
     answer = await pool.call_tool(entry, "whoami", {})

@@ -3,7 +3,7 @@
 from mcp.types import Tool, ToolAnnotations
 
 from config import load_config
-from tools.tool_policy import apply_tool_policy
+from tools.downstream.policy import apply_tool_policy
 
 READ = Tool(name="read_file", input_schema={}, annotations=ToolAnnotations(readOnlyHint=True))
 WRITE = Tool(name="write_file", input_schema={}, annotations=ToolAnnotations(readOnlyHint=False))

@@ -16,8 +16,7 @@ import pytest
 
 from tests.support.bridge import bridge_settings, model_requests, tool_outputs, write_mcp_json
 from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
-from tools.server import bridge_state
-from tools.state import AppState
+from tools.app import AppState, bridge_state
 
 TIME_SERVER = {"command": sys.executable, "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]}
 
@@ -216,13 +215,12 @@ async def test_long_tool_outputs_are_truncated_with_a_marker(fake: FakeLMStudio,
         await state.agent.run(["time"], "time?")
     (output,) = tool_outputs(model_requests(fake)[1])
     assert len(output) < 300
-    assert "truncated" not in output  # the time result is short: nothing cut
-    assert state.agent._truncate("x" * 1000).endswith("[... truncated: 800 of 1000 characters cut]")
+    assert "truncated" not in output  # the time result is short: nothing cut (tests/test_tool_execution.py cuts)
 
 
 async def test_an_unknown_server_fails_before_the_model_is_asked(bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio) -> None:
     async with bridge() as state:
-        from tools.exceptions import MCPServerNotFoundError
+        from tools.downstream.errors import MCPServerNotFoundError
 
         with pytest.raises(MCPServerNotFoundError) as caught:
             await state.agent.run(["nope"], "anything")
@@ -250,18 +248,53 @@ async def test_usage_is_summed_over_rounds(bridge: Callable[[], AbstractAsyncCon
         assert result.usage["output_tokens"] == 15
 
 
-async def test_an_empty_streamed_answer_is_asked_again_unstreamed_and_remembered(
+async def test_an_empty_stream_answered_unstreamed_with_tool_calls_stops_streaming_for_later_runs(
     bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
 ) -> None:
-    # llama.cpp's server answers a streamed request with tools by an empty 200.
+    # llama.cpp's server answers a streamed request whose answer is a tool call by an empty 200.
+    async with bridge() as state:
+        fake.set_script(
+            [
+                Turn(empty_stream=True),
+                Turn(tool_calls=[call("get_current_time", timezone="UTC")]),
+                Turn(text="first run"),
+                Turn(text="second run"),
+            ]
+        )
+        first = await state.agent.run(["time"], "anything")
+        second = await state.agent.run(["time"], "anything else")
+        assert state.capabilities.streams_tool_calls is False
+    assert (first.answer, second.answer) == ("first run", "second run")
+    streamed = [bool(r.body.get("stream")) for r in model_requests(fake)]
+    assert streamed == [True, False, False, False]
+
+
+async def test_an_empty_stream_that_proves_nothing_leaves_streaming_on(
+    bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
+) -> None:
+    # LM Studio's context-overflow form (an empty 200) is not evidence that streaming is broken.
     async with bridge() as state:
         fake.set_script([Turn(empty_stream=True), Turn(text="unstreamed answer"), Turn(text="second run")])
         first = await state.agent.run(["time"], "anything")
         second = await state.agent.run(["time"], "anything else")
+        assert state.capabilities.streams_tool_calls is None
     assert first.stop_reason == "completed" and first.answer == "unstreamed answer"
     assert second.answer == "second run"
     streamed = [bool(r.body.get("stream")) for r in model_requests(fake)]
-    assert streamed == [True, False, False]
+    assert streamed == [True, False, True]
+
+
+async def test_an_overflow_as_an_empty_stream_gets_the_context_message_and_later_runs_still_stream(
+    bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
+) -> None:
+    overflow = "Trying to keep the first 5000 tokens when context the overflows. However, the model is loaded with context length of only 4096 tokens"
+    async with bridge() as state:
+        fake.set_script([Turn(empty_stream=True), Turn(error=(400, overflow)), Turn(text="fine")])
+        first = await state.agent.run(["time"], "a long task")
+        second = await state.agent.run(["time"], "a short task")
+    assert first.stop_reason == "error" and "does not fit the model's context" in (first.error or "")
+    assert second.answer == "fine"
+    assert [bool(r.body.get("stream")) for r in model_requests(fake)] == [True, False, True]
 
 
 async def test_a_default_model_alias_is_resolved_and_checked(fake: FakeLMStudio, mcp_json: Path) -> None:
@@ -296,3 +329,26 @@ async def test_a_tool_whose_schema_the_server_refuses_is_left_out_with_a_note(
     assert any(note.startswith("convert_time left out: the model server refused its schema") for note in result.notes)
     names = [t.get("name") or t["function"]["name"] for t in offered]
     assert names == ["get_current_time"]
+
+
+@pytest.mark.parametrize(
+    ("failure", "expected_requests"),
+    [
+        ((500, "llama_decode failed"), 3),  # retried by the client, never probed tool by tool
+        ((401, {"error": {"message": "Invalid or missing API key"}}), 1),
+        ((429, "slow down"), 3),
+        ((400, "messages must alternate"), 1),  # a 400 that says nothing of tools
+    ],
+)
+async def test_only_a_refusal_about_tools_starts_probing_the_schemas(
+    bridge: Callable[[], AbstractAsyncContextManager[AppState]],
+    fake: FakeLMStudio,
+    failure: tuple[int, object],
+    expected_requests: int,
+) -> None:
+    async with bridge() as state:
+        fake.fail_next(*failure, count=10)  # type: ignore[arg-type]
+        result = await state.agent.run(["time"], "time?")
+    assert result.stop_reason == "error"
+    assert not any("left out" in note for note in result.notes)
+    assert len(model_requests(fake)) == expected_requests

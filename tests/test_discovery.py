@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.exceptions import MCPConfigError, MCPServerNotFoundError
-from tools.mcp_discovery import DiscoveryChange, MCPDiscovery, ServerEntry
+from tools.downstream.discovery import DiscoveryChange, MCPDiscovery
+from tools.downstream.entries import StdioEntry
+from tools.downstream.errors import MCPConfigError, MCPServerNotFoundError
 
 
 def write_config(path: Path, servers: dict[str, object]) -> Path:
@@ -38,7 +39,7 @@ def test_the_first_existing_search_path_is_used_and_logged(tmp_path: Path, caplo
     write_config(second, {"from-second": {"command": "x"}})
     write_config(third, {"from-third": {"command": "x"}})
 
-    with caplog.at_level(logging.INFO, logger="tools.mcp_discovery"):
+    with caplog.at_level(logging.INFO, logger="tools.downstream.discovery"):
         discovery = MCPDiscovery(search_paths=[first, second, third], environ={})
         servers = discovery.servers()
 
@@ -85,7 +86,7 @@ def test_stdio_and_remote_entries_are_read_with_their_transport(tmp_path: Path) 
 
     servers = discovery_for(config).servers()
 
-    assert servers["fs"] == ServerEntry(
+    assert servers["fs"] == StdioEntry(
         name="fs", transport="stdio", command="npx", args=["-y", "fs"], env={"A": "1"}, cwd="/srv"
     )
     assert servers["explicit-stdio"].transport == "stdio"
@@ -178,7 +179,7 @@ def test_an_entry_that_launches_this_bridge_is_excluded_with_the_reason_logged(
     )
     discovery = discovery_for(config)
 
-    with caplog.at_level(logging.INFO, logger="tools.mcp_discovery"):
+    with caplog.at_level(logging.INFO, logger="tools.downstream.discovery"):
         servers = discovery.servers()
 
     assert list(servers) == ["other"]
@@ -231,16 +232,19 @@ def test_refresh_reports_added_changed_and_removed_servers(tmp_path: Path) -> No
     assert discovery.get("edit").command == "b2"
 
 
-def test_refresh_of_an_unchanged_file_does_not_parse_it_again(tmp_path: Path) -> None:
+def test_refresh_of_an_unchanged_file_does_not_parse_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = write_config(tmp_path / ".mcp.json", {"one": {"command": "a"}})
     discovery = discovery_for(config)
-    discovery.refresh()
-    parses = discovery.parse_count
+    parsed: list[Path] = []
+    parse = discovery._parse
+    monkeypatch.setattr(discovery, "_parse", lambda path: parsed.append(path) or parse(path))
 
     changes = [discovery.refresh() for _ in range(50)]
 
-    assert discovery.parse_count == parses == 1
-    assert not any(changes)
+    assert parsed == [config]
+    assert changes[0] and not any(changes[1:])
 
 
 def test_a_file_turned_malformed_keeps_the_last_good_servers_and_reports_the_line(tmp_path: Path) -> None:

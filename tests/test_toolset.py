@@ -3,7 +3,7 @@
 import pytest
 from mcp.types import Tool, ToolAnnotations
 
-from tools.tool_schema import ArgumentError, build_toolset, clean_schema, parse_arguments, sanitize_name
+from tools.downstream.toolset import ArgumentError, build_toolset, clean_schema, parse_arguments, sanitize_name
 
 READ = Tool(
     name="read_file",
@@ -26,7 +26,6 @@ def test_the_schema_dialect_key_is_dropped_for_llama_cpp() -> None:
 def test_one_server_keeps_its_tool_names() -> None:
     toolset, notes = build_toolset({"filesystem": [READ]}, namespaced=False)
     assert list(toolset) == ["read_file"]
-    assert toolset["read_file"].read_only
     assert notes == []
 
 

@@ -8,7 +8,7 @@
     ├── MCPToolTimeoutError       one tool call ran past its bound             .server .tool .timeout_s
     └── MCPToolCallError          the call failed for another reason           .server .tool .reason
 
-`tools.mcp_discovery` raises the first two, `tools.session_pool` the others; the pool is the one
+`tools.downstream.discovery` raises the first two, `tools.downstream.pool` the others; the pool is the one
 place where the SDK's errors (`MCPError`, transport errors) become these. Every message says what
 failed and what to do, so tools can show `str(error)` to the user as is.
 """

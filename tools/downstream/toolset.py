@@ -39,7 +39,6 @@ class BridgedTool:
     tool_name: str
     description: str
     parameters: dict[str, object]
-    read_only: bool
 
     def spec(self) -> FunctionSpec:
         return FunctionSpec(self.llm_name, self.description, self.parameters)
@@ -98,14 +97,12 @@ def build_toolset(
             while name in toolset:
                 suffix = f"_{n}"
                 name, n = wanted[: _MAX_NAME - len(suffix)] + suffix, n + 1
-            annotations = tool.annotations
             toolset[name] = BridgedTool(
                 llm_name=name,
                 server=server,
                 tool_name=tool.name,
                 description=(tool.description or tool.title or tool.name)[:_MAX_DESCRIPTION],
                 parameters=parameters,
-                read_only=bool(annotations and annotations.read_only_hint),
             )
     return toolset, notes
 

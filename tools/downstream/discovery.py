@@ -20,45 +20,24 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from tools.exceptions import MCPConfigError, MCPServerNotFoundError
+from tools.downstream.entries import EntryError, ServerEntry, StdioEntry, parse_entry
+from tools.downstream.errors import MCPConfigError, MCPServerNotFoundError
 from utils.logging import register_secret
 
 logger = logging.getLogger(__name__)
 
-Transport = Literal["stdio", "http", "sse"]
-
-_TYPES: dict[str, Transport] = {"stdio": "stdio", "http": "http", "streamable-http": "http", "sse": "sse"}
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_NAME = re.compile(r"token|key|secret|passw|auth|credential|cookie|session", re.IGNORECASE)
 _SECRET_MIN_CHARS = 6
 _BRIDGE_COMMAND = "lmstudio-bridge"
 _BRIDGE_PACKAGE = "lmstudio-bridge-enhanced"
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_search_paths() -> list[Path]:
     """Where the config file is looked for when MCP_JSON_PATH is unset, in order."""
     return [Path.cwd() / ".mcp.json", Path.home() / ".lmstudio" / "mcp.json", Path.home() / ".mcp.json"]
-
-
-class ServerEntry(BaseModel):
-    """One downstream MCP server as the config file describes it, variables already expanded."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    transport: Transport
-    command: str | None = None
-    args: list[str] = Field(default_factory=list)
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: str | None = None
-    url: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    disabled: bool = False
 
 
 @dataclass
@@ -71,10 +50,6 @@ class DiscoveryChange:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.changed or self.removed)
-
-
-class _EntryError(ValueError):
-    """An entry that cannot be used; the message names the server and what to fix."""
 
 
 class MCPDiscovery:
@@ -107,8 +82,6 @@ class MCPDiscovery:
         self.excluded: dict[str, str] = {}
         """Entries left out because they launch this bridge itself (name -> why)."""
         self._parse_error_line: int | None = None
-        self.parse_count = 0
-        """How many times the file was parsed (diagnostics: refresh() on an unchanged file adds none)."""
 
     @property
     def candidates(self) -> list[Path]:
@@ -143,6 +116,12 @@ class MCPDiscovery:
         if not self._loaded:
             self.refresh()
         return dict(self._servers)
+
+    def unusable(self) -> dict[str, str]:
+        """Entries of the file that cannot be used, with why: broken ones and ones that launch this bridge."""
+        if not self._loaded:
+            self.refresh()
+        return {**self.entry_errors, **{name: f"not offered: {why}" for name, why in self.excluded.items()}}
 
     def get(self, name: str) -> ServerEntry:
         """The entry named `name`.
@@ -197,7 +176,6 @@ class MCPDiscovery:
         return change
 
     def _parse(self, path: Path) -> DiscoveryChange:
-        self.parse_count += 1
         try:
             text = path.read_text(encoding="utf-8")
             document = json.loads(text)
@@ -218,8 +196,8 @@ class MCPDiscovery:
         excluded: dict[str, str] = {}
         for name, raw in servers_doc.items():
             try:
-                entry = self._build_entry(str(name), raw)
-            except _EntryError as exc:
+                entry = parse_entry(str(name), raw, lambda value, what, n=str(name): self._expand(value, n, what))
+            except EntryError as exc:
                 entry_errors[name] = f"{exc} (in {path})"
                 logger.warning("MCP server %r is unusable: %s", name, entry_errors[name])
                 continue
@@ -260,62 +238,6 @@ class MCPDiscovery:
         logger.error("%s", self.parse_error, extra={"config_path": str(path), "config_line": line})
         return DiscoveryChange()
 
-    def _build_entry(self, name: str, raw: object) -> ServerEntry:
-        if not isinstance(raw, dict):
-            raise _EntryError(f"MCP server {name!r}: the entry must be a JSON object")
-        kind = raw.get("type")
-        if kind is not None and kind not in _TYPES:
-            raise _EntryError(f"MCP server {name!r}: unknown type {kind!r}; use one of {', '.join(_TYPES)}")
-        has_command, has_url = "command" in raw, "url" in raw
-        if kind is None:
-            if has_command and has_url:
-                raise _EntryError(f'MCP server {name!r} has both "command" and "url"; set "type" to say which')
-            if not has_command and not has_url:
-                raise _EntryError(
-                    f'MCP server {name!r} has neither "command" (a process to start) nor "url" (a remote '
-                    "server); add one of them"
-                )
-            transport: Transport = "stdio" if has_command else "http"
-        else:
-            transport = _TYPES[kind]
-        disabled = raw.get("disabled", False)
-        if not isinstance(disabled, bool):
-            raise _EntryError(f'MCP server {name!r}: "disabled" must be true or false')
-
-        def text(value: object, what: str) -> str:
-            if isinstance(value, bool) or not isinstance(value, str | int | float):
-                raise _EntryError(f"MCP server {name!r}: {what} must be a string")
-            return self._expand(str(value), name, what)
-
-        def mapping(key: str) -> dict[str, str]:
-            value = raw.get(key) or {}
-            if not isinstance(value, dict):
-                raise _EntryError(f'MCP server {name!r}: "{key}" must be an object of strings')
-            return {str(k): text(v, f'"{key}.{k}"') for k, v in value.items()}
-
-        if transport == "stdio":
-            if not raw.get("command"):
-                raise _EntryError(f'MCP server {name!r} is of type stdio but has no "command"; add the command to run')
-            args = raw.get("args") or []
-            if not isinstance(args, list):
-                raise _EntryError(f'MCP server {name!r}: "args" must be a list of strings')
-            cwd = raw.get("cwd")
-            return ServerEntry(
-                name=name,
-                transport="stdio",
-                command=text(raw["command"], '"command"'),
-                args=[text(a, '"args"') for a in args],
-                env=mapping("env"),
-                cwd=text(cwd, '"cwd"') if cwd is not None else None,
-                disabled=disabled,
-            )
-        if not raw.get("url"):
-            raise _EntryError(f'MCP server {name!r} is of type {kind} but has no "url"; add the server\'s URL')
-        url = text(raw["url"], '"url"')
-        if not url.startswith(("http://", "https://")):
-            raise _EntryError(f"MCP server {name!r}: url {url!r} must start with http:// or https://")
-        return ServerEntry(name=name, transport=transport, url=url, headers=mapping("headers"), disabled=disabled)
-
     def _expand(self, value: str, server: str, what: str) -> str:
         def substitute(match: re.Match[str]) -> str:
             variable, default = match.group(1), match.group(2)
@@ -324,7 +246,7 @@ class MCPDiscovery:
                 # Shell semantics of ${VAR:-default}: unset or empty both take the default.
                 return found if found else default
             if found is None:
-                raise _EntryError(
+                raise EntryError(
                     f"MCP server {server!r}: environment variable {variable} (used in {what}) is not set; "
                     f"set it, or write ${{{variable}:-default}} to give a default"
                 )
@@ -339,13 +261,13 @@ def _secret_values(entry: ServerEntry) -> list[str]:
     Only values under a credential-like name: masking every value (PYTHONPATH, DEBUG=1, a data
     file's path) would scramble every later message that happens to contain that text.
     """
-    pairs = [*entry.env.items(), *entry.headers.items()]
+    pairs = [*entry.env.items()] if isinstance(entry, StdioEntry) else [*entry.headers.items()]
     return [value for key, value in pairs if _SECRET_NAME.search(key) and len(value) >= _SECRET_MIN_CHARS]
 
 
 def _launches_this_bridge(entry: ServerEntry) -> str | None:
     """Why `entry` would start this bridge (so that an autonomous run would recurse), or None."""
-    if entry.transport != "stdio" or entry.command is None:
+    if not isinstance(entry, StdioEntry):
         return None
     tokens = [entry.command, *entry.args]
     for token in tokens:
@@ -373,5 +295,8 @@ def _is_this_projects_main(token: str, cwd: str | None) -> bool:
         resolved = path.resolve()
     except OSError:
         return False
-    # Another checkout of this project counts too: its main.py sits beside tools/mcp_discovery.py.
-    return resolved == _PROJECT_ROOT / "main.py" or (resolved.parent / "tools" / "mcp_discovery.py").is_file()
+    # Another checkout of this project counts too: its main.py sits beside tools/downstream/discovery.py
+    # (or, before 2.1, tools/mcp_discovery.py).
+    return resolved == _PROJECT_ROOT / "main.py" or any(
+        (resolved.parent / "tools" / marker).is_file() for marker in ("downstream/discovery.py", "mcp_discovery.py")
+    )

@@ -1,0 +1,381 @@
+"""The model catalog against a scripted model list: caching, shared fetches, matching, aliases, types,
+the default-model policy, queue sizes, and parsing the three listings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llm.exceptions import (
+    CircuitOpenError,
+    LLMConnectionError,
+    LLMServerError,
+    ModelNotFoundError,
+    ModelTypeError,
+    NoModelLoadedError,
+)
+from llm.models import DEFAULT_CONCURRENCY, ModelCatalog, ModelInfo, parse_models
+
+BASE_URL = "http://localhost:1234"
+
+
+class FakeServer:
+    """The model list (or failures) a test controls, with a count of fetches."""
+
+    def __init__(self, *models: ModelInfo, errors: list[Exception] | None = None) -> None:
+        self.models = list(models)
+        self.errors = list(errors or [])
+        self.fetches = 0
+        self.gate: asyncio.Event | None = None
+
+    async def list_models(self) -> list[ModelInfo]:
+        self.fetches += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.errors:
+            raise self.errors.pop(0)
+        return list(self.models)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+QWEN = ModelInfo("qwen/qwen3-4b", "llm", loaded_instances=("qwen/qwen3-4b", "qwen/qwen3-4b:2"), state="loaded")
+CODER = ModelInfo("qwen/qwen3-coder-30b", "llm", state="not-loaded")
+NOMIC = ModelInfo("text-embedding-nomic-embed-text-v1.5", "embeddings", state="not-loaded")
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def client() -> FakeServer:
+    return FakeServer(QWEN, CODER, NOMIC)
+
+
+def make_validator(client: FakeServer, clock: FakeClock, **kwargs: object) -> ModelCatalog:
+    return ModelCatalog(client.list_models, base_url=BASE_URL, clock=clock, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_existing_model_is_valid(client: FakeServer, clock: FakeClock) -> None:
+    assert await make_validator(client, clock).validate_model("qwen/qwen3-coder-30b") is True
+
+
+async def test_unknown_model_error_lists_available_models(client: FakeServer, clock: FakeClock) -> None:
+    with pytest.raises(ModelNotFoundError) as exc_info:
+        await make_validator(client, clock).validate_model("nonexistent-model-xyz")
+
+    assert exc_info.value.model_name == "nonexistent-model-xyz"
+    assert exc_info.value.available_models == [QWEN.id, CODER.id, NOMIC.id]
+    assert "nonexistent-model-xyz" in str(exc_info.value)
+
+
+@pytest.mark.parametrize("name", [None, "default", "", "Default"])
+async def test_no_name_means_the_loaded_llm(name: str | None, client: FakeServer, clock: FakeClock) -> None:
+    resolved = await make_validator(client, clock).resolve(name)
+    assert (resolved.id, resolved.source) == (QWEN.id, "loaded")
+
+
+async def test_no_name_means_default_model_checked_like_a_named_one(client: FakeServer, clock: FakeClock) -> None:
+    catalog = make_validator(client, clock, default_model="Qwen/Qwen3-Coder-30B")
+    resolved = await catalog.resolve(None)
+    assert (resolved.id, resolved.source) == (CODER.id, "DEFAULT_MODEL")
+    with pytest.raises(ModelNotFoundError, match="Did you mean qwen/qwen3-coder-30b"):
+        await make_validator(client, clock, default_model="qwen3-coder-30b").resolve(None)
+
+
+async def test_no_name_and_nothing_loaded_means_the_first_llm_listed(clock: FakeClock) -> None:
+    resolved = await make_validator(FakeServer(NOMIC, CODER), clock).resolve(None)
+    assert (resolved.id, resolved.source) == (CODER.id, "first listed")
+
+
+async def test_only_embedding_models_means_no_model_that_can_chat(clock: FakeClock) -> None:
+    with pytest.raises(NoModelLoadedError, match="DEFAULT_MODEL"):
+        await make_validator(FakeServer(NOMIC), clock).resolve(None)
+
+
+async def test_an_embeddings_call_without_a_name_uses_the_first_embedding_model(
+    client: FakeServer, clock: FakeClock
+) -> None:
+    resolved = await make_validator(client, clock).resolve(None, purpose="embeddings")
+    assert (resolved.id, resolved.source) == (NOMIC.id, "first embedding model")
+
+
+async def test_no_embedding_model_says_so_and_what_to_load(clock: FakeClock) -> None:
+    with pytest.raises(NoModelLoadedError, match="No embedding model is available.*nomic-embed-text"):
+        await make_validator(FakeServer(QWEN), clock).resolve(None, purpose="embeddings")
+
+
+async def test_calls_without_a_name_use_the_cached_list(client: FakeServer, clock: FakeClock) -> None:
+    catalog = make_validator(client, clock)
+    for _ in range(5):
+        await catalog.resolve(None)
+    assert client.fetches == 1
+
+
+async def test_model_list_is_cached_within_ttl(client: FakeServer, clock: FakeClock) -> None:
+    validator = make_validator(client, clock, ttl_s=60.0)
+
+    await validator.validate_model(QWEN.id)
+    clock.now = 59.0
+    await validator.validate_model(CODER.id)
+    assert await validator.get_available_models() == [QWEN.id, CODER.id, NOMIC.id]
+
+    assert client.fetches == 1
+
+
+async def test_model_list_is_fetched_again_after_ttl(client: FakeServer, clock: FakeClock) -> None:
+    validator = make_validator(client, clock, ttl_s=60.0)
+
+    await validator.validate_model(QWEN.id)
+    clock.now = 60.0
+    await validator.validate_model(QWEN.id)
+
+    assert client.fetches == 2
+
+
+async def test_refresh_forces_a_fetch(client: FakeServer, clock: FakeClock) -> None:
+    catalog = make_validator(client, clock)
+    await catalog.models()
+    await catalog.models(refresh=True)
+    assert client.fetches == 2
+
+
+async def test_concurrent_validations_share_one_fetch(client: FakeServer, clock: FakeClock) -> None:
+    validator = make_validator(client, clock)
+    client.gate = asyncio.Event()
+
+    pending = asyncio.gather(*(validator.validate_model(QWEN.id) for _ in range(10)))
+    await asyncio.sleep(0)  # let every validation reach the fetch
+    client.gate.set()
+
+    assert await asyncio.wait_for(pending, timeout=5) == [True] * 10
+    assert client.fetches == 1
+
+
+async def test_unknown_name_gets_one_fresh_fetch_before_failing(client: FakeServer, clock: FakeClock) -> None:
+    validator = make_validator(client, clock)
+    await validator.get_available_models()
+
+    with pytest.raises(ModelNotFoundError):
+        await validator.validate_model("nope")
+
+    assert client.fetches == 2
+
+
+async def test_model_downloaded_after_caching_is_found_by_the_fresh_fetch(
+    client: FakeServer, clock: FakeClock
+) -> None:
+    validator = make_validator(client, clock)
+    await validator.get_available_models()
+    client.models.append(ModelInfo("google/gemma-3-270m"))
+
+    assert await validator.validate_model("google/gemma-3-270m") is True
+    assert client.fetches == 2
+
+
+async def test_unknown_name_on_a_cold_cache_is_fetched_only_once(client: FakeServer, clock: FakeClock) -> None:
+    with pytest.raises(ModelNotFoundError):
+        await make_validator(client, clock).validate_model("nope")
+
+    assert client.fetches == 1
+
+
+async def test_not_found_message_suggests_the_close_match(client: FakeServer, clock: FakeClock) -> None:
+    with pytest.raises(ModelNotFoundError) as exc_info:
+        await make_validator(client, clock).validate_model("qwen3-coder-30b")
+
+    assert exc_info.value.suggestions[0] == CODER.id
+    assert "Did you mean qwen/qwen3-coder-30b" in str(exc_info.value)
+
+
+async def test_names_match_case_insensitively_and_resolve_to_the_server_id(
+    client: FakeServer, clock: FakeClock
+) -> None:
+    assert (await make_validator(client, clock).resolve("Qwen/Qwen3-Coder-30B")).id == CODER.id
+
+
+async def test_exact_match_wins_over_case_insensitive_match(clock: FakeClock) -> None:
+    client = FakeServer(ModelInfo("Model-A", type="embeddings"), ModelInfo("model-a"))
+
+    assert (await make_validator(client, clock).resolve("model-a")).id == "model-a"
+
+
+async def test_a_listed_instance_is_sent_as_given(client: FakeServer, clock: FakeClock) -> None:
+    assert (await make_validator(client, clock).resolve("qwen/qwen3-4b:2")).id == "qwen/qwen3-4b:2"
+
+
+@pytest.mark.parametrize("made_up", ["qwen/qwen3-4b:99999", "qwen/qwen3-coder-30b:3"])
+async def test_an_instance_the_server_does_not_list_is_not_found(
+    made_up: str, client: FakeServer, clock: FakeClock
+) -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        await make_validator(client, clock).resolve(made_up)
+    assert info.value.model_name == made_up
+
+
+async def test_plain_name_matches_a_model_listed_only_by_instance_id(clock: FakeClock) -> None:
+    client = FakeServer(ModelInfo("qwen/qwen3-4b:2"))
+
+    assert (await make_validator(client, clock).resolve("qwen/qwen3-4b")).id == "qwen/qwen3-4b"
+
+
+async def test_alias_resolves_to_its_target(client: FakeServer, clock: FakeClock) -> None:
+    validator = make_validator(client, clock, aliases={"coder": CODER.id})
+
+    assert (await validator.resolve("coder")).id == CODER.id
+
+
+async def test_alias_to_a_missing_model_is_not_found(client: FakeServer, clock: FakeClock) -> None:
+    validator = make_validator(client, clock, aliases={"big": "meta/llama-3.3-70b"})
+
+    with pytest.raises(ModelNotFoundError) as exc_info:
+        await validator.validate_model("big")
+
+    assert exc_info.value.model_name == "meta/llama-3.3-70b"
+
+
+async def test_embedding_model_is_rejected_for_chat(client: FakeServer, clock: FakeClock) -> None:
+    with pytest.raises(ModelTypeError) as exc_info:
+        await make_validator(client, clock).validate_model(NOMIC.id, purpose="chat")
+
+    assert exc_info.value.model_type == "embeddings"
+
+
+async def test_chat_model_is_rejected_for_embeddings_but_embedding_model_is_accepted(
+    client: FakeServer, clock: FakeClock
+) -> None:
+    validator = make_validator(client, clock)
+
+    with pytest.raises(ModelTypeError):
+        await validator.validate_model(QWEN.id, purpose="embeddings")
+    assert await validator.validate_model(NOMIC.id, purpose="embeddings") is True
+
+
+async def test_model_of_unknown_type_is_accepted_for_any_purpose(clock: FakeClock) -> None:
+    validator = make_validator(FakeServer(ModelInfo("mystery", type=None)), clock)
+
+    assert await validator.validate_model("mystery", purpose="chat") is True
+    assert await validator.validate_model("mystery", purpose="embeddings") is True
+
+
+async def test_an_unreachable_server_is_a_connection_error_not_model_not_found(
+    client: FakeServer, clock: FakeClock
+) -> None:
+    client.errors = [LLMConnectionError(base_url=client_url()) for _ in range(3)]
+
+    with pytest.raises(LLMConnectionError) as exc_info:
+        await make_validator(client, clock).validate_model("nope")
+
+    assert not isinstance(exc_info.value, ModelNotFoundError)
+    assert client.fetches == 1  # the client retried the request; the catalog does not multiply attempts
+
+
+def client_url() -> str:
+    return BASE_URL
+
+
+async def test_server_errors_surface_as_connection_errors_not_model_not_found(
+    client: FakeServer, clock: FakeClock
+) -> None:
+    client.errors = [LLMServerError("boom", status_code=500)]
+
+    with pytest.raises(LLMConnectionError) as exc_info:
+        await make_validator(client, clock).get_available_models()
+
+    assert isinstance(exc_info.value.original_exception, LLMServerError)
+    assert "http://localhost:1234" in str(exc_info.value)
+
+
+async def test_open_circuit_fails_at_once_without_retrying(client: FakeServer, clock: FakeClock) -> None:
+    client.errors = [CircuitOpenError(BASE_URL, 10.0)]
+
+    with pytest.raises(CircuitOpenError):
+        await make_validator(client, clock).get_available_models()
+
+    assert client.fetches == 1
+
+
+# --- queues ------------------------------------------------------------------------------------
+
+
+async def test_a_model_queue_follows_the_parallel_slots_the_server_reports(clock: FakeClock) -> None:
+    # The first call ever needs no earlier listing: the resolution reads the list itself.
+    server = FakeServer(ModelInfo("a/b", "llm", state="loaded", parallel=2))
+    resolved = await make_validator(server, clock).resolve("a/b")
+    assert resolved.queue._value == 2  # noqa: SLF001 - the semaphore's size is the point
+
+
+async def test_max_concurrency_wins_over_the_reported_slots_and_the_default_applies_otherwise(
+    clock: FakeClock,
+) -> None:
+    server = FakeServer(ModelInfo("a/b", "llm", parallel=2), ModelInfo("c/d", "llm"))
+    assert (await make_validator(server, clock, max_concurrency=7).resolve("a/b")).queue._value == 7  # noqa: SLF001
+    assert (await make_validator(server, clock).resolve("c/d")).queue._value == DEFAULT_CONCURRENCY  # noqa: SLF001
+
+
+async def test_every_resolution_of_a_model_shares_one_queue(client: FakeServer, clock: FakeClock) -> None:
+    catalog = make_validator(client, clock)
+    first, second = await catalog.resolve(QWEN.id), await catalog.resolve(None)
+    assert first.queue is second.queue
+
+
+# --- parsing the listings ----------------------------------------------------------------------
+
+
+def test_lm_studio_0_4_listing_gives_loaded_context_slots_and_tool_use() -> None:
+    [model] = parse_models(
+        {
+            "models": [
+                {
+                    "key": "qwen/qwen3-4b",
+                    "type": "llm",
+                    "max_context_length": 32768,
+                    "loaded_instances": [
+                        {"id": "qwen/qwen3-4b", "config": {"context_length": 8192, "parallel": 4}},
+                        {"id": "qwen/qwen3-4b:2", "config": {"context_length": 4096, "parallel": 2}},
+                    ],
+                    "capabilities": {"trained_for_tool_use": True},
+                }
+            ]
+        }
+    )
+    assert model == ModelInfo(
+        id="qwen/qwen3-4b",
+        type="llm",
+        state="loaded",
+        max_context_length=32768,
+        loaded_instances=("qwen/qwen3-4b", "qwen/qwen3-4b:2"),
+        trained_for_tool_use=True,
+        parallel=6,
+        loaded_context_length=4096,
+    )
+    assert model.context_length == 4096 and model.is_loaded
+
+
+def test_lm_studio_0_3_listing_gives_state_and_loaded_context() -> None:
+    [model, embedder] = parse_models(
+        {
+            "data": [
+                {"id": "a/b", "type": "llm", "state": "loaded", "max_context_length": 32768,
+                 "loaded_context_length": 4096},
+                {"id": "nomic", "type": "embedding", "state": "not-loaded"},
+            ]
+        }
+    )
+    assert (model.is_loaded, model.context_length, model.max_context_length) == (True, 4096, 32768)
+    assert embedder.is_embedding and not embedder.is_loaded
+
+
+def test_an_openai_listing_gives_ids_only() -> None:
+    assert parse_models({"data": [{"id": "x"}, {"object": "model"}]}) == [ModelInfo("x")]
+    with pytest.raises(ValueError):
+        parse_models({"object": "list"})

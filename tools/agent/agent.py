@@ -1,0 +1,242 @@
+"""The autonomous agent: a local model works a task out with the tools of the user's MCP servers.
+
+`DynamicAutonomousAgent.run` prepares a run and hands it to the runner:
+1. the model, resolved by the catalog before anything starts (an unknown name fails fast, with
+   suggestions);
+2. the servers: the config file re-read if it changed, the named entries looked up, one lease per
+   server taken (the run's snapshot: a reload meanwhile does not touch its sessions);
+3. their tools, started concurrently, filtered by the tool policy, named and cleaned (namespaced
+   `server__tool` when several servers);
+4. the loop (`tools.agent.runner.Runner`), watched by the progress, metrics, tracing and logging
+   hooks; the leases are released when it ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import anyio
+from mcp.types import Tool
+
+from config import Settings
+from llm.capabilities import ServerCapabilities
+from llm.exceptions import LLMError
+from llm.llm_client import LLMClient
+from llm.models import ModelCatalog
+from tools.agent.events import HookSet, RunContext, RunHooks
+from tools.agent.hooks import LoggingHook, MetricsHook, ProgressHook, TracingHook
+from tools.agent.result import RunResult
+from tools.agent.runner import RunLimits, Runner
+from tools.agent.tool_execution import ToolExecutor
+from tools.downstream.discovery import MCPDiscovery
+from tools.downstream.entries import ServerEntry
+from tools.downstream.errors import MCPBridgeError, MCPConfigError
+from tools.downstream.policy import apply_tool_policy
+from tools.downstream.pool import MCPSessionPool, SessionLease
+from tools.downstream.toolset import build_toolset
+from tools.progress import ProgressReporter
+from utils.logging import new_run_id, run_id
+from utils.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_ROUNDS = 10000
+"""The plan's default: no artificial round limit; time, loop detection and cancellation bound a run."""
+
+
+class DynamicAutonomousAgent:
+    """Runs autonomous tasks; one instance serves every call of a bridge (runs share nothing else)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        llm: LLMClient,
+        catalog: ModelCatalog,
+        capabilities: ServerCapabilities,
+        discovery: MCPDiscovery,
+        pool: MCPSessionPool,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.llm = llm
+        self.catalog = catalog
+        self.capabilities = capabilities
+        self.discovery = discovery
+        self.pool = pool
+        self.metrics = metrics or Metrics()
+
+    @property
+    def model_validator(self) -> ModelCatalog:
+        """The plan's name for the model catalog (`get_available_models`, `validate_model`)."""
+        return self.catalog
+
+    # --- The plan's three methods: answer text, or "Error: ..." ------------------------------
+
+    async def autonomous_with_mcp(
+        self, mcp_name: str, task: str, max_rounds: int = DEFAULT_MAX_ROUNDS, max_tokens: int | str = "auto",
+        model: str | None = None,
+    ) -> str:
+        """Work `task` out with the tools of one MCP server; returns the answer or `Error: ...`."""
+        return await self._answer([mcp_name], task, max_rounds, max_tokens, model)
+
+    async def autonomous_with_multiple_mcps(
+        self, mcp_names: list[str], task: str, max_rounds: int = DEFAULT_MAX_ROUNDS,
+        max_tokens: int | str = "auto", model: str | None = None,
+    ) -> str:
+        """Work `task` out with the tools of several MCP servers (names `server__tool`)."""
+        return await self._answer(list(mcp_names), task, max_rounds, max_tokens, model)
+
+    async def autonomous_discover_and_execute(
+        self, task: str, max_rounds: int = DEFAULT_MAX_ROUNDS, max_tokens: int | str = "auto",
+        model: str | None = None,
+    ) -> str:
+        """Work `task` out with every enabled MCP server in the config file."""
+        return await self._answer(None, task, max_rounds, max_tokens, model)
+
+    async def _answer(
+        self, servers: list[str] | None, task: str, max_rounds: int, max_tokens: int | str, model: str | None
+    ) -> str:
+        try:
+            result = await self.run(servers, task, max_rounds=max_rounds, max_tokens=max_tokens, model=model)
+        except (LLMError, MCPBridgeError) as exc:
+            return f"Error: {exc}"
+        return f"Error: {result.text}" if result.stop_reason == "error" else result.text
+
+    # --- The run ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        servers: Sequence[str] | None,
+        task: str,
+        *,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
+        max_tokens: int | str = "auto",
+        model: str | None = None,
+        progress: ProgressReporter | None = None,
+        hooks: Sequence[RunHooks] = (),
+    ) -> RunResult:
+        """One autonomous run over `servers` (None: every enabled server).
+
+        Raises:
+            ModelNotFoundError, LLMConnectionError, ...: the model cannot be used (before any server starts).
+            MCPServerNotFoundError, MCPConfigError, MCPServerStartError: the servers cannot be used.
+        """
+        token = run_id.set(new_run_id())
+        try:
+            return await self._run(servers, task, max_rounds, max_tokens, model, progress, hooks)
+        finally:
+            run_id.reset(token)
+
+    async def _run(
+        self,
+        servers: Sequence[str] | None,
+        task: str,
+        max_rounds: int,
+        max_tokens: int | str,
+        model: str | None,
+        progress: ProgressReporter | None,
+        hooks: Sequence[RunHooks],
+    ) -> RunResult:
+        resolved = await self.catalog.resolve(model)
+        entries, notes = await self._entries(servers)
+        leases = {entry.name: self.pool.lease(entry) for entry in entries}
+        try:
+            tools_by_server, start_notes = await self._tools(leases)
+            tools_by_server, policy_notes = apply_tool_policy(tools_by_server, self.settings)
+            toolset, schema_notes = build_toolset(tools_by_server, namespaced=len(tools_by_server) > 1)
+            run = RunContext(
+                task=task,
+                model=resolved,
+                servers=list(tools_by_server),
+                toolset=toolset,
+                notes=[*notes, *start_notes, *policy_notes, *schema_notes],
+                run_id=run_id.get(),
+            )
+            hook_set = HookSet(
+                [
+                    LoggingHook(),
+                    MetricsHook(self.metrics),
+                    TracingHook(),
+                    ProgressHook(progress or ProgressReporter(None)),
+                    *hooks,
+                ]
+            )
+            runner = Runner(
+                llm=self.llm,
+                capabilities=self.capabilities,
+                executor=ToolExecutor(leases, hook_set, output_max_chars=self.settings.tool_output_max_chars),
+                hooks=hook_set,
+                limits=RunLimits(
+                    max_rounds=max_rounds,
+                    max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+                    timeout_s=self.settings.autonomous_timeout_s,
+                    repeat_limit=self.settings.autonomous_repeat_limit,
+                ),
+            )
+            return await runner.run(run)
+        finally:
+            for lease in leases.values():
+                lease.release()
+
+    async def refresh_servers(self) -> None:
+        """Re-read the config file if it changed, and retire the sessions of changed or removed servers.
+
+        Retiring first means a changed server restarts with its new settings on this very call.
+        """
+        change = self.discovery.refresh()
+        if change:
+            await self.pool.apply(change)
+
+    async def _entries(self, names: Sequence[str] | None) -> tuple[list[ServerEntry], list[str]]:
+        """The entries to use, from the current config file (re-read only if it changed)."""
+        await self.refresh_servers()
+        notes: list[str] = []
+        if self.discovery.parse_error:
+            notes.append(self.discovery.parse_error)
+        if names is None:
+            entries = [e for e in self.discovery.servers().values() if not e.disabled]
+            if not entries:
+                raise MCPConfigError(
+                    self.discovery.parse_error
+                    or "No enabled MCP servers are configured. Add some to the .mcp.json file "
+                    "(see list_available_mcps for where the bridge looks).",
+                    path=self.discovery.path,
+                )
+            notes.extend(f"skipped {name}: {why}" for name, why in self.discovery.unusable().items())
+            return entries, notes
+        entries = []
+        for name in dict.fromkeys(names):
+            entry = self.discovery.get(name)
+            if entry.disabled:
+                raise MCPConfigError(
+                    f"MCP server '{name}' is disabled in {self.discovery.path}. Remove \"disabled\": true "
+                    "from its entry to use it.",
+                    path=self.discovery.path,
+                )
+            entries.append(entry)
+        return entries, notes
+
+    async def _tools(self, leases: dict[str, SessionLease]) -> tuple[dict[str, list[Tool]], list[str]]:
+        """Each server's tool list, starting servers as needed (concurrently).
+
+        A server that fails to start is an error when it was the only one asked for; with
+        several, the others still work and the failure becomes a note.
+        """
+        results: dict[str, list[Tool]] = {}
+        failures: dict[str, MCPBridgeError] = {}
+
+        async def load(name: str, lease: SessionLease) -> None:
+            try:
+                results[name] = await lease.list_tools()
+            except MCPBridgeError as exc:
+                failures[name] = exc
+
+        async with anyio.create_task_group() as tg:
+            for name, lease in leases.items():
+                tg.start_soon(load, name, lease)
+        if failures and (len(leases) == 1 or not results):
+            raise next(iter(failures.values()))
+        ordered = {name: results[name] for name in leases if name in results}
+        return ordered, [f"server {name} unavailable: {exc}" for name, exc in failures.items()]

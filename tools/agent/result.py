@@ -1,0 +1,70 @@
+"""What an autonomous run returns: the answer, why it stopped, and what it did on the way."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+StopReason = Literal["completed", "max_rounds", "timeout", "loop_detected", "cancelled", "error"]
+
+
+@dataclass
+class ToolCallRecord:
+    """One tool call of a run, for the structured result."""
+
+    name: str
+    server: str | None
+    ok: bool
+    ms: float
+    error: str | None = None
+
+
+@dataclass
+class RunResult:
+    """The outcome of an autonomous run."""
+
+    answer: str
+    model: str
+    stop_reason: StopReason
+    rounds: int
+    tool_calls: list[ToolCallRecord]
+    duration_s: float
+    api: str
+    servers: list[str]
+    usage: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The answer for Claude, with a one-line footer when the run did not simply complete."""
+        if self.stop_reason == "completed":
+            return self.answer or "(the model gave no answer)"
+        why = {
+            "max_rounds": f"it reached max_rounds ({self.rounds} rounds)",
+            "timeout": f"it ran out of time after {self.duration_s:.0f} s (AUTONOMOUS_TIMEOUT_S)",
+            "loop_detected": "the model repeated the same tool call with the same arguments",
+            "cancelled": "it was cancelled",
+            "error": f"of an error: {(self.error or '').rstrip('.')}",
+        }[self.stop_reason]
+        if not self.answer:
+            return f"[Run stopped early because {why}. The model had given no answer yet.]"
+        return f"{self.answer}\n\n[Run stopped early because {why}.]"
+
+    def structured(self) -> dict[str, object]:
+        return {
+            "answer": self.answer,
+            "model": self.model,
+            "stop_reason": self.stop_reason,
+            "rounds": self.rounds,
+            "tool_calls": [
+                {"name": c.name, "server": c.server, "ok": c.ok, "ms": round(c.ms, 1), "error": c.error}
+                for c in self.tool_calls
+            ],
+            "duration_s": round(self.duration_s, 3),
+            "api": self.api,
+            "servers": self.servers,
+            "usage": self.usage or None,
+            "notes": self.notes,
+            "error": self.error,
+        }

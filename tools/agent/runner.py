@@ -1,0 +1,193 @@
+"""The autonomous loop, and nothing else: ask the model, run the calls it asked for, decide to go on.
+
+    Runner.run(run) -> RunResult
+      open the conversation (`/v1/responses` unless the server lacks it, else chat completions;
+        tools the server refuses are probed and left out)
+      loop: model turn -> no tool calls? done
+                       -> max_rounds reached? stop (the calls not run are named in the notes)
+                       -> each call: the loop guard first, then the executor
+                       -> the outputs go back to the model
+      bounded by AUTONOMOUS_TIMEOUT_S; an LM Studio error ends the run with what was said so far
+
+Everything that watches the run is a hook (`tools.agent.events`); running a call is the
+executor's business (`tools.agent.tool_execution`).
+
+Stop reasons: `completed`, `max_rounds`, `timeout`, `loop_detected`, `cancelled` (recorded, then
+the cancellation propagates), `error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+
+from llm.capabilities import ServerCapabilities
+from llm.conversation import (
+    ChatConversation,
+    Conversation,
+    GenerationOptions,
+    ModelTurn,
+    ResponsesConversation,
+    ToolOutput,
+)
+from llm.exceptions import EndpointNotSupportedError, LLMError
+from llm.llm_client import LLMClient
+from llm.results import StreamEvent
+from tools.agent.events import (
+    HookSet,
+    ModelDelta,
+    ModelRequested,
+    ModelTurnReceived,
+    RoundFinished,
+    RunContext,
+    RunFinished,
+    RunStarted,
+)
+from tools.agent.loop_guard import LoopGuard
+from tools.agent.result import RunResult, StopReason
+from tools.agent.schema_probe import refusal_about_tools, refused_tools
+from tools.agent.tool_execution import ToolExecutor
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+You are an autonomous agent working on a task for a user. You have tools; call them to gather \
+facts or act, one step at a time, and read their results before deciding the next step. When \
+the task is done, answer with the final result in plain text and call no more tools. If a tool \
+returns an error, fix your call or try another way. Do not invent tool results."""
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """The bounds of one run."""
+
+    max_rounds: int
+    max_tokens: int | None
+    timeout_s: float
+    repeat_limit: int
+
+
+class Runner:
+    """Runs one autonomous conversation to its end."""
+
+    def __init__(
+        self,
+        *,
+        llm: LLMClient,
+        capabilities: ServerCapabilities,
+        executor: ToolExecutor,
+        hooks: HookSet,
+        limits: RunLimits,
+    ) -> None:
+        self._llm = llm
+        self._capabilities = capabilities
+        self._executor = executor
+        self._hooks = hooks
+        self._limits = limits
+        self._conversation: Conversation | None = None
+
+    async def run(self, run: RunContext) -> RunResult:
+        """Work the task out; returns why it stopped. Re-raises cancellation after recording it."""
+        await self._hooks.emit(RunStarted(run))
+        stop: StopReason = "completed"
+        error: str | None = None
+        try:
+            with anyio.move_on_after(self._limits.timeout_s) as deadline:
+                stop = await self._loop(run)
+            if deadline.cancelled_caught:
+                stop = "timeout"
+        except LLMError as exc:
+            stop, error = "error", str(exc)
+            logger.warning("autonomous run stopped by an LM Studio error: %s", exc)
+        except asyncio.CancelledError:
+            logger.info("autonomous run cancelled by the caller after %d rounds", run.rounds)
+            with anyio.CancelScope(shield=True):
+                await self._hooks.emit(RunFinished(run, run.result("cancelled")))
+            raise
+        result = run.result(stop, error)
+        await self._hooks.emit(RunFinished(run, result))
+        return result
+
+    async def _loop(self, run: RunContext) -> StopReason:
+        turn = await self._ask(run, lambda: self._open(run))
+        guard = LoopGuard(self._limits.repeat_limit)
+        while turn.tool_calls:
+            if run.rounds >= self._limits.max_rounds:
+                run.notes.append(
+                    "max_rounds reached; not run: "
+                    + ", ".join(f"{c.name}({c.arguments[:200]})" for c in turn.tool_calls)
+                )
+                return "max_rounds"
+            outputs: list[ToolOutput] = []
+            for index, call in enumerate(turn.tool_calls):
+                if guard.repeated(call):
+                    logger.warning("loop detected: %s called again with the same arguments", call.name)
+                    run.notes.append(f"loop detected; not run: {call.name}({call.arguments[:200]})")
+                    return "loop_detected"
+                outputs.append(await self._executor.execute(run, call, index))
+            run.rounds += 1
+            await self._hooks.emit(RoundFinished(run, outputs))
+            conversation = self._conversation
+            assert conversation is not None
+            turn = await self._ask(run, lambda: conversation.send_tool_outputs(outputs))
+        return "completed"
+
+    async def _ask(self, run: RunContext, request: Callable[[], Awaitable[ModelTurn]]) -> ModelTurn:
+        await self._hooks.emit(ModelRequested(run))
+        turn = await request()
+        run.take(turn)
+        await self._hooks.emit(ModelTurnReceived(run, turn))
+        return turn
+
+    async def _open(self, run: RunContext) -> ModelTurn:
+        """The first turn; if the server refuses the request over a tool schema, without those tools."""
+        try:
+            return await self._start(run)
+        except LLMError as exc:
+            if not refusal_about_tools(exc) or not run.toolset:
+                raise
+            rejected = await refused_tools(
+                self._llm, run.model, self._capabilities, list(run.toolset.values())
+            )
+            if not rejected:
+                raise
+            for name, why in rejected.items():
+                del run.toolset[name]
+                run.notes.append(f"{name} left out: the model server refused its schema ({why[:200]})")
+            logger.warning("the model server refused %d tool schema(s): %s", len(rejected), ", ".join(rejected))
+            return await self._start(run)
+
+    async def _start(self, run: RunContext) -> ModelTurn:
+        """Start the conversation on /v1/responses when the server has it, else on chat completions."""
+        specs = [tool.spec() for tool in run.toolset.values()]
+
+        async def on_event(event: StreamEvent) -> None:
+            await self._hooks.emit(ModelDelta(run, event))
+
+        options = GenerationOptions(
+            model=run.model,
+            instructions=INSTRUCTIONS,
+            capabilities=self._capabilities,
+            max_tokens=self._limits.max_tokens,
+            on_event=on_event,
+        )
+        if self._capabilities.conversation_api == "responses":
+            run.api = "responses"
+            self._conversation = ResponsesConversation(self._llm, specs, options)
+            try:
+                turn = await self._conversation.start(run.task)
+                self._capabilities.responses_api_works()
+                run.rounds = 1
+                return turn
+            except EndpointNotSupportedError:
+                if not self._capabilities.responses_api_missing():
+                    raise
+        run.api = "chat"
+        self._conversation = ChatConversation(self._llm, specs, options)
+        turn = await self._conversation.start(run.task)
+        run.rounds = 1
+        return turn

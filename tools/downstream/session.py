@@ -1,0 +1,195 @@
+"""One downstream server's session: its state, its requests, and what the SDK's errors mean for it.
+
+`ServerSession` is what the pool keeps per server (the client its runner task owns, the cached
+tool list, the process, leases and retirement) and how a request is sent on it: bounded, with the
+SDK's errors translated into `tools.downstream.errors` (a closed connection marks it crashed, so
+its next use starts a new one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import IO, TypeVar
+
+import anyio
+import anyio.abc
+import mcp.types as types
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
+
+from tools.downstream.entries import ServerEntry
+from tools.downstream.errors import (
+    MCPBridgeError,
+    MCPServerCrashedError,
+    MCPToolCallError,
+    MCPToolTimeoutError,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A call gets its read timeout from the session; this outer bound also covers extra input rounds.
+_CALL_GRACE_S = 1.0
+_TOOL_PAGES_MAX = 100
+_STDERR_TAIL_BYTES = 4096
+_STDERR_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class SessionStatus:
+    """What the pool knows of one server: is a session up, how many tools, which process."""
+
+    name: str
+    started: bool
+    tool_count: int | None
+    pid: int | None
+    last_error: str | None
+
+
+class ServerSession:
+    """One server's connection. Its runner task owns the client; callers only send requests on it."""
+
+    def __init__(self, entry: ServerEntry, now: float) -> None:
+        # The pool's bookkeeping lives here too (leases, retirement, last use): one object per session.
+        self.entry = entry
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Every waiter may be gone when a start fails; retrieving the exception keeps asyncio quiet.
+        self.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.stop = asyncio.Event()
+        self.client: Client | None = None
+        self.process: anyio.abc.Process | None = None
+        self.tools: list[types.Tool] | None = None
+        self.tools_stale = False
+        self.tools_lock = asyncio.Lock()
+        self.crashed = False
+        self.ended = False
+        self.retired: str | None = None  # why a config change replaced it; it closes when its last lease lets go
+        self.close_reason: str | None = None
+        self.leases = 0
+        self.last_used = now
+        self.runner: asyncio.Task[None] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return not (self.ended or self.crashed or self.stop.is_set())
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def took_process(self, process: anyio.abc.Process | None) -> None:
+        """The transport spawned this server's process (None for remote servers, or if unknown)."""
+        self.process = process
+
+    async def on_message(self, message: types.ServerNotification | Exception) -> None:
+        """The client's message handler: notices tools/list_changed and transport faults."""
+        if isinstance(message, types.ToolListChangedNotification):
+            logger.debug("MCP server %r: tool list changed", self.entry.name)
+            self.tools_stale = True
+        elif isinstance(message, Exception):
+            logger.warning("MCP server %r sent an unreadable message: %s", self.entry.name, message)
+
+    async def list_tools(self, timeout_s: float) -> list[types.Tool]:
+        """The server's tools, cached and fetched again after tools/list_changed."""
+        if self.tools is None or self.tools_stale:
+            async with self.tools_lock:
+                if self.tools is None or self.tools_stale:
+                    # Cleared before the fetch: a change announced during it marks the list stale again.
+                    self.tools_stale = False
+                    self.tools = await self.request("tools/list", timeout_s, fetch_tools)
+        return list(self.tools)
+
+    async def request(self, what: str, timeout_s: float, send: Callable[[Client], Awaitable[T]]) -> T:
+        """Send one request on the session, bounded, with the SDK's errors translated.
+
+        Raises:
+            MCPServerCrashedError: the server died under the request (it restarts on next use).
+            MCPToolTimeoutError: no answer within `timeout_s`.
+            MCPToolCallError: the server refused the request, or it failed for another reason.
+        """
+        session = self
+        client = session.client
+        name = session.entry.name
+        if client is None:
+            raise MCPServerCrashedError(name)
+        try:
+            async with asyncio.timeout(timeout_s + _CALL_GRACE_S):
+                return await send(client)
+        except TimeoutError:
+            raise MCPToolTimeoutError(name, what, timeout_s) from None
+        except MCPError as exc:
+            raise self._translate(what, timeout_s, exc) from exc
+        except (ValidationError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
+            if not session.usable:
+                raise MCPServerCrashedError(name) from exc
+            raise MCPToolCallError(name, what, describe(exc)) from exc
+        finally:
+            session.last_used = time.monotonic()
+
+    def _translate(self, what: str, timeout_s: float, exc: MCPError) -> MCPBridgeError:
+        session = self
+        name = session.entry.name
+        if exc.code == types.REQUEST_TIMEOUT:
+            return MCPToolTimeoutError(name, what, timeout_s)
+        if exc.code == types.CONNECTION_CLOSED:
+            if session.close_reason is not None and not session.crashed:
+                return MCPToolCallError(name, what, f"the session was closed ({session.close_reason}) during the call")
+            # Dead: the next use starts a new process even if the runner has not noticed yet.
+            session.crashed = True
+            session.stop.set()
+            return MCPServerCrashedError(name)
+        return MCPToolCallError(name, what, f"{exc.message} (JSON-RPC error {exc.code})")
+
+
+async def fetch_tools(client: Client) -> list[types.Tool]:
+    tools: list[types.Tool] = []
+    cursor: str | None = None
+    for _ in range(_TOOL_PAGES_MAX):
+        page = await client.list_tools(cursor=cursor)
+        tools.extend(page.tools)
+        cursor = page.next_cursor
+        if not cursor:
+            break
+    return tools
+
+
+# --- stderr and error text ---------------------------------------------------------------------
+
+
+def stderr_file() -> IO[str]:
+    # A real file, not a pipe: the child writes to its fd directly, nothing has to drain it, and
+    # the tail can be read at any time. Deleted on close; the tail is read before that.
+    return tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace", prefix="mcp-stderr-")
+
+
+def read_tail(errlog: IO[str] | None) -> str:
+    if errlog is None:
+        return ""
+    try:
+        fd = errlog.fileno()
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, _STDERR_TAIL_BYTES, max(0, size - _STDERR_TAIL_BYTES))
+    except (OSError, ValueError):
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return "\n".join(lines[-_STDERR_TAIL_LINES:])
+
+
+def describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, FileNotFoundError):
+        return f"command not found: {exc.filename or exc}"
+    if isinstance(exc, MCPError):
+        if exc.code == types.CONNECTION_CLOSED:
+            return "the connection closed before initialization finished (the process exited?)"
+        return f"{exc.message} (JSON-RPC error {exc.code})"
+    return f"{type(exc).__name__}: {exc}"
