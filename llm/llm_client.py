@@ -23,7 +23,14 @@ from typing import Any, TypeVar
 import httpx
 
 from config import Settings
-from llm.error_mapping import StatusFailure, StreamEndedEarly, Where, error_message, json_or_text, map_error
+from llm.error_mapping import (
+    StatusFailure,
+    StreamEndedEarly,
+    Where,
+    error_message,
+    json_or_text,
+    map_error,
+)
 from llm.exceptions import (
     RETRYABLE_ERRORS,
     CircuitOpenError,

@@ -22,7 +22,15 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from llm.results import ChatResult, CompletionResult, ResponseResult, StreamEvent, ToolCall, Usage, parse_usage
+from llm.results import (
+    ChatResult,
+    CompletionResult,
+    ResponseResult,
+    StreamEvent,
+    ToolCall,
+    Usage,
+    parse_usage,
+)
 
 DONE = "[DONE]"
 

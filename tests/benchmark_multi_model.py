@@ -42,14 +42,21 @@ import httpx  # noqa: E402
 from mcp import Client, StdioServerParameters  # noqa: E402
 
 from config import load_config  # noqa: E402
-from tests.support.bridge import bridge_env, bridge_settings, subprocess_params, tool_outputs, write_mcp_json  # noqa: E402
+from tests.support.bridge import (  # noqa: E402
+    bridge_env,
+    bridge_settings,
+    subprocess_params,
+    tool_outputs,
+    write_mcp_json,
+)
 from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call  # noqa: E402
 from tests.support.mcp_servers import entry_config, install_npm_servers, server_script  # noqa: E402
 from tools.agent import RunResult  # noqa: E402
 from tools.app import AppState, bridge_state  # noqa: E402
 from tools.downstream.discovery import MCPDiscovery  # noqa: E402
 from tools.downstream.entries import ServerEntry, StdioEntry  # noqa: E402
-from tools.downstream.pool import MCPSessionPool, SessionLease  # noqa: E402
+from tools.downstream.pool import MCPSessionPool  # noqa: E402
+from tools.downstream.session import SessionLease  # noqa: E402
 
 logger = logging.getLogger("benchmark")
 

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bridge import bridge_settings, model_requests, tool_outputs, write_mcp_json
+from tests.support.bridge import (
+    bridge_settings,
+    model_requests,
+    tool_outputs,
+    write_mcp_json,
+)
 from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
 from tools.app import AppState, bridge_state
 

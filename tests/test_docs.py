@@ -30,7 +30,14 @@ import jsonschema
 import pytest
 
 from config import Settings
-from tests.support.bridge import ROOT, bridge_settings, in_process_bridge, text_of, tool_outputs, write_mcp_json
+from tests.support.bridge import (
+    ROOT,
+    bridge_settings,
+    in_process_bridge,
+    text_of,
+    tool_outputs,
+    write_mcp_json,
+)
 from tests.support.fake_lmstudio import FakeLMStudio, FakeModel, RecordedRequest, Turn
 from tests.support.mcp_servers import entry_config
 from tools.downstream.entries import ServerEntry

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support.fake_lmstudio import FakeLMStudio, FakeModel, RecordedRequest, Turn, call
+from tests.support.fake_lmstudio import (
+    FakeLMStudio,
+    FakeModel,
+    RecordedRequest,
+    Turn,
+    call,
+)
 
 MODEL = "qwen/qwen3-coder-30b"
 

@@ -22,7 +22,14 @@ import httpx
 import pytest
 from mcp import Client
 
-from tests.support.bridge import ROOT, bridge_env, processes_mentioning, subprocess_params, text_of, write_mcp_json
+from tests.support.bridge import (
+    ROOT,
+    bridge_env,
+    processes_mentioning,
+    subprocess_params,
+    text_of,
+    write_mcp_json,
+)
 from tests.support.mcp_servers import entry_config
 from tools.downstream.entries import ServerEntry
 

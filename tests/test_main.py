@@ -89,3 +89,26 @@ def test_doctor_exits_1_when_lm_studio_is_unreachable() -> None:
     assert result.returncode == 1
     assert "FAIL  Could not connect to LM Studio at http://127.0.0.1:9" in result.stdout
     assert "PROBLEMS FOUND" in result.stdout
+
+
+def test_doctor_fails_when_default_model_names_a_model_the_server_lacks(fake: FakeLMStudio) -> None:
+    result = run_cli("doctor", env=bridge_env(fake.url, DEFAULT_MODEL="qwen/qwen3-coder-3b"))
+    assert result.returncode == 1
+    assert "FAIL  default model: Model 'qwen/qwen3-coder-3b' not found" in result.stdout
+    assert "Did you mean qwen/qwen3-coder-30b" in result.stdout
+    assert "PROBLEMS FOUND" in result.stdout
+
+
+def test_doctor_lists_the_entries_it_cannot_use_with_why(fake: FakeLMStudio, tmp_path: Path) -> None:
+    mcp_json = write_mcp_json(
+        tmp_path / ".mcp.json",
+        {
+            "time": {"command": sys.executable, "args": ["-m", "mcp_server_time"]},
+            "needs-key": {"command": "x", "env": {"API_KEY": "${LMSB_DOCTOR_UNSET_VARIABLE}"}},
+            "wrong": {"command": "x", "args": "not-a-list"},
+        },
+    )
+    result = run_cli("doctor", env=bridge_env(fake.url, mcp_json))
+    assert result.returncode == 0, result.stdout
+    assert "skip  needs-key: MCP server 'needs-key': environment variable LMSB_DOCTOR_UNSET_VARIABLE" in result.stdout
+    assert "skip  wrong: MCP server 'wrong': \"args\" must be a list of strings" in result.stdout

@@ -18,7 +18,11 @@ from mcp.server.mcpserver import Context, MCPServer
 
 from tools.downstream.discovery import DiscoveryChange
 from tools.downstream.entries import HttpEntry, ServerEntry, StdioEntry
-from tools.downstream.errors import MCPServerCrashedError, MCPServerStartError, MCPToolTimeoutError
+from tools.downstream.errors import (
+    MCPServerCrashedError,
+    MCPServerStartError,
+    MCPToolTimeoutError,
+)
 from tools.downstream.pool import MCPSessionPool
 
 pytestmark = pytest.mark.slow
@@ -407,3 +411,58 @@ async def test_apply_closes_a_changed_entrys_session_and_the_next_use_runs_the_n
         new = tiny_entry(PID_LOG=str(tmp_path / "new.log"))
         await the_pool.call_tool(new, "ping", {})
         assert (tmp_path / "new.log").read_text().split() == [str(the_pool.status("tiny").pid)]
+
+
+async def test_last_error_is_cleared_once_the_server_starts_again(
+    pool: MCPSessionPool, tiny_entry: Callable[..., ServerEntry], tmp_path: Path
+) -> None:
+    flag = tmp_path / "may-start"
+    real = tiny_entry()
+    gate = tmp_path / "gate.py"
+    gate.write_text(
+        f"import os, runpy, sys\nif not os.path.exists({str(flag)!r}):\n    sys.exit('not yet')\n"
+        f"runpy.run_path({real.args[0]!r}, run_name='__main__')\n"
+    )
+    entry = StdioEntry(name="gated", command=sys.executable, args=[str(gate)])
+    with pytest.raises(MCPServerStartError):
+        await pool.list_tools(entry)
+    assert "not yet" in (pool.status("gated").last_error or "")
+
+    flag.touch()
+    assert await pool.list_tools(entry)
+    assert pool.status("gated").last_error is None
+
+
+async def test_a_leased_session_survives_a_config_change_and_closes_when_released(
+    tiny_entry: Callable[..., ServerEntry], tmp_path: Path
+) -> None:
+    async with MCPSessionPool(start_timeout_s=WAIT_S, call_timeout_s=WAIT_S, idle_timeout_s=0) as the_pool:
+        old = tiny_entry(PID_LOG=str(tmp_path / "old.log"))
+        lease = the_pool.lease(old)
+        assert text_of(await lease.call_tool("ping", {})) == "pong"
+        old_pid = the_pool.status("tiny").pid
+        assert old_pid is not None
+
+        await the_pool.apply(DiscoveryChange(changed={"tiny"}))
+        # The run that holds the lease keeps its session; a new run gets the new entry.
+        assert text_of(await lease.call_tool("ping", {})) == "pong"
+        assert alive(old_pid)
+        new = tiny_entry(PID_LOG=str(tmp_path / "new.log"))
+        assert text_of(await the_pool.call_tool(new, "ping", {})) == "pong"
+        assert the_pool.status("tiny").pid not in (None, old_pid)
+
+        lease.release()
+        assert await ended(old_pid)
+
+
+async def test_a_leased_session_is_never_reaped_as_idle(tiny_entry: Callable[..., ServerEntry]) -> None:
+    async with MCPSessionPool(start_timeout_s=WAIT_S, call_timeout_s=WAIT_S, idle_timeout_s=0.05) as the_pool:
+        entry = tiny_entry()
+        lease = the_pool.lease(entry)
+        await lease.list_tools()
+        pid = the_pool.status(entry.name).pid
+        assert pid is not None
+        await asyncio.sleep(0.3)  # six idle periods: a run waiting on its model holds the lease meanwhile
+        assert the_pool.status(entry.name).pid == pid and alive(pid)
+        lease.release()
+        assert await ended(pid)

@@ -10,7 +10,13 @@ from mcp.types import CallToolResult, ImageContent, TextContent, Tool
 
 from llm.models import ResolvedModel
 from llm.results import ToolCall
-from tools.agent.events import HookSet, RunContext, RunHooks, ToolCallFinished, ToolCallStarted
+from tools.agent.events import (
+    HookSet,
+    RunContext,
+    RunHooks,
+    ToolCallFinished,
+    ToolCallStarted,
+)
 from tools.agent.tool_execution import ToolExecutor, render_tool_result
 from tools.downstream.errors import MCPToolTimeoutError
 from tools.downstream.toolset import build_toolset

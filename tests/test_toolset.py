@@ -3,7 +3,13 @@
 import pytest
 from mcp.types import Tool, ToolAnnotations
 
-from tools.downstream.toolset import ArgumentError, build_toolset, clean_schema, parse_arguments, sanitize_name
+from tools.downstream.toolset import (
+    ArgumentError,
+    build_toolset,
+    clean_schema,
+    parse_arguments,
+    sanitize_name,
+)
 
 READ = Tool(
     name="read_file",

@@ -33,7 +33,8 @@ from tools.downstream.discovery import MCPDiscovery
 from tools.downstream.entries import ServerEntry
 from tools.downstream.errors import MCPBridgeError, MCPConfigError
 from tools.downstream.policy import apply_tool_policy
-from tools.downstream.pool import MCPSessionPool, SessionLease
+from tools.downstream.pool import MCPSessionPool
+from tools.downstream.session import SessionLease
 from tools.downstream.toolset import build_toolset
 from tools.progress import ProgressReporter
 from utils.logging import new_run_id, run_id

@@ -28,7 +28,7 @@ from llm.results import ToolCall
 from tools.agent.events import HookSet, RunContext, ToolCallFinished, ToolCallStarted
 from tools.agent.result import ToolCallRecord
 from tools.downstream.errors import MCPBridgeError
-from tools.downstream.pool import SessionLease
+from tools.downstream.session import SessionLease
 from tools.downstream.toolset import ArgumentError, BridgedTool, parse_arguments
 
 

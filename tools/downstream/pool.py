@@ -43,9 +43,10 @@ from mcp import Client
 
 from tools.downstream.discovery import DiscoveryChange
 from tools.downstream.entries import ServerEntry, StdioEntry
-from tools.downstream.errors import MCPServerStartError, MCPToolCallError
+from tools.downstream.errors import MCPServerStartError
 from tools.downstream.session import (
     ServerSession,
+    SessionLease,
     SessionStatus,
     describe,
     fetch_tools,
@@ -366,65 +367,3 @@ class MCPSessionPool:
                 else:
                     next_due = min(next_due, due)
             await asyncio.sleep(max(next_due - now, _REAP_MIN_WAIT_S))
-
-
-class SessionLease:
-    """One run's hold on one server: every call of the run goes to the session it started with.
-
-    A reload that changes the server's entry does not touch this lease's session; if the session
-    dies, the next call starts the lease's entry again. `release()` once the run is over.
-    """
-
-    def __init__(self, pool: MCPSessionPool, entry: ServerEntry) -> None:
-        self._pool = pool
-        self.entry = entry
-        self._session: ServerSession | None = None
-        self._released = False
-
-    async def _current(self) -> ServerSession:
-        session = self._session
-        if session is not None and session.usable:
-            return session
-        if self._released:
-            raise MCPToolCallError(self.entry.name, "(any)", "the task that held this server has ended")
-        fresh = await self._pool._session_for(self.entry)
-        if self._session is not None:
-            self._pool._let_go(self._session)
-        self._pool._hold(fresh)
-        self._session = fresh
-        return fresh
-
-    async def list_tools(self) -> list[types.Tool]:
-        """The server's tools, cached per session and re-fetched after tools/list_changed.
-
-        Raises:
-            MCPServerStartError: the server could not be started.
-            MCPServerCrashedError, MCPToolTimeoutError, MCPToolCallError: re-fetching the list failed.
-        """
-        session = await self._current()
-        return await session.list_tools(self._pool.call_timeout_s)
-
-    async def call_tool(
-        self, tool: str, arguments: dict[str, Any], *, timeout_s: float | None = None
-    ) -> types.CallToolResult:
-        """Call `tool` (starting the server if needed). A tool that reports an error returns a result
-        with `is_error` set; only protocol-level failures raise.
-
-        Raises:
-            MCPServerStartError: the server could not be started.
-            MCPServerCrashedError: the server died during the call (it restarts on next use).
-            MCPToolTimeoutError: no answer within `timeout_s` (default: the pool's call timeout).
-            MCPToolCallError: the server rejected the call (unknown tool, invalid arguments, ...).
-        """
-        timeout = self._pool.call_timeout_s if timeout_s is None else timeout_s
-        session = await self._current()
-        return await session.request(
-            tool, timeout, lambda c: c.call_tool(tool, arguments, read_timeout_seconds=timeout)
-        )
-
-    def release(self) -> None:
-        """The run is over: the session may be reaped when idle, or closed if a reload retired it."""
-        if self._session is not None and not self._released:
-            self._pool._let_go(self._session)
-        self._released = True
-        self._session = None

@@ -19,8 +19,6 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from mcp.types import Tool
 
 from llm.conversation import FunctionSpec
@@ -75,8 +73,16 @@ def _clean_schema_text(text: str) -> dict[str, object]:
     cleaned.setdefault("type", "object")
     if cleaned.get("type") == "object" and not isinstance(cleaned.get("properties"), dict):
         cleaned["properties"] = {}
+    from jsonschema import Draft202012Validator  # imported on first use: not needed to list the bridge's tools
+
     Draft202012Validator.check_schema(cleaned)
     return cleaned
+
+
+def _schema_error() -> type[Exception]:
+    from jsonschema.exceptions import SchemaError
+
+    return SchemaError
 
 
 def build_toolset(
@@ -89,7 +95,7 @@ def build_toolset(
         for tool in tools:
             try:
                 parameters = clean_schema(tool.input_schema)
-            except SchemaError as exc:
+            except _schema_error() as exc:
                 notes.append(f"{server}.{tool.name} left out: its input schema is invalid ({exc.message})")
                 continue
             wanted = sanitize_name(f"{server}__{tool.name}" if namespaced else tool.name)
@@ -128,6 +134,8 @@ def parse_arguments(tool: BridgedTool, raw: str) -> dict[str, object]:
             f"arguments for {tool.llm_name} must be a JSON object, got {type(arguments).__name__}. "
             f"Schema: {_schema_text(tool)}"
         )
+    from jsonschema import Draft202012Validator
+
     errors = sorted(Draft202012Validator(tool.parameters).iter_errors(arguments), key=lambda e: list(e.path))
     if errors:
         problems = "; ".join(
