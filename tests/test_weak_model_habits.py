@@ -23,7 +23,7 @@ from tests.support.weak_models import (
     relevance_choice,
 )
 
-READ = OfferedTool("read_text_file", "Read a file as text", {"type": "object", "properties": {"path": {"type": "string"}}})
+READ = OfferedTool("read_text_file", "Read a file", {"type": "object", "properties": {"path": {"type": "string"}}})
 ARGS = {"path": "/w/notes.txt", "head": 3}
 
 
@@ -39,7 +39,8 @@ def _reader(habits: Habits = Habits()) -> WeakModel:
 @pytest.mark.parametrize(
     ("call_format", "text"),
     [
-        ("hermes", '<tool_call>\n{"name": "read_text_file", "arguments": {"path": "/w/notes.txt", "head": 3}}\n</tool_call>'),
+        ("hermes",
+         '<tool_call>\n{"name": "read_text_file", "arguments": {"path": "/w/notes.txt", "head": 3}}\n</tool_call>'),
         ("qwen3_coder", "<tool_call>\n<function=read_text_file>\n<parameter=path>\n/w/notes.txt\n</parameter>\n"
                         "<parameter=head>\n3\n</parameter>\n</function>\n</tool_call>"),
         ("llama", '<function=read_text_file>{"path": "/w/notes.txt", "head": 3}</function>'),
@@ -49,7 +50,9 @@ def _reader(habits: Habits = Habits()) -> WeakModel:
                         '{"name": "read_text_file", "arguments": {"path": "/w/notes.txt", "head": 3}}\n```'),
     ],
 )
-def test_a_text_calling_model_writes_its_call_into_the_message_in_its_familys_format(call_format: str, text: str) -> None:
+def test_a_text_calling_model_writes_its_call_into_the_message_in_its_familys_format(
+    call_format: str, text: str
+) -> None:
     turn = _reader(Habits(call_format=call_format)).respond(_view())  # type: ignore[arg-type]
     assert turn.tool_calls == [] and turn.text == text
 
@@ -131,7 +134,8 @@ def test_relevance_choice_with_a_short_attention_span_misses_the_right_tool_list
     assert relevance_choice(query)(_view(tools=tools)) == "get_stock_quote"
     assert relevance_choice(query, attention_span=16)(_view(tools=tools)) is None
     assert relevance_choice(query, attention_span=16)(_view(tools=tools[-2:])) == "get_stock_quote"
-    assert relevance_choice(query, attention_span=16)(_view(tools=tools[20:21] + tools[:20] + tools[21:])) == "compare_prices"
+    distractor_first = tools[20:21] + tools[:20] + tools[21:]
+    assert relevance_choice(query, attention_span=16)(_view(tools=distractor_first)) == "compare_prices"
 
 
 def test_arguments_from_a_schema_alone_fill_what_is_required() -> None:
@@ -155,7 +159,7 @@ def test_the_view_of_a_chat_request_splits_prompt_tools_and_results() -> None:
             {"role": "tool", "tool_call_id": "c1", "content": "file text"},
             {"role": "user", "content": "Result of read_text_file: more text"},
         ],
-        "tools": [{"type": "function", "function": {"name": "read_text_file", "description": "Read", "parameters": {}}}],
+        "tools": [{"type": "function", "function": {"name": "read_text_file", "description": "Read"}}],
     }
     view = read_request(RecordedRequest("POST", "/v1/chat/completions", body, 0, {}))
     assert view.prompt == "You are an agent.\nRead notes"

@@ -58,7 +58,8 @@ def _params(relieved: bool) -> list[object]:
         for api in API_PATHS:
             marks = []
             if not relieved and task.id in FAILING_TODAY:
-                marks.append(pytest.mark.xfail(strict=True, raises=TaskFailed, reason=f"needs {task.feature}: issue 14"))
+                reason = f"needs {task.feature}: issue 14"
+                marks.append(pytest.mark.xfail(strict=True, raises=TaskFailed, reason=reason))
             params.append(pytest.param(task, api, id=f"{task.id}-{api}", marks=marks))
     return params
 

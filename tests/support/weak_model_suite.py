@@ -281,7 +281,8 @@ class SuiteReport:
         lines += ["", "| task | api | completed | stop_reason | rounds | why not |", "|---|---|---|---|---|---|"]
         for o in self.outcomes:
             why = o.why.replace("|", "\\|").replace("\n", " ")[:220]
-            lines.append(f"| {o.task} | {o.api} | {'yes' if o.success else 'no'} | {o.stop_reason} | {o.rounds} | {why} |")
+            done = "yes" if o.success else "no"
+            lines.append(f"| {o.task} | {o.api} | {done} | {o.stop_reason} | {o.rounds} | {why} |")
         return "\n".join(lines)
 
 
