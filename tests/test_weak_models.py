@@ -12,11 +12,12 @@ today, or the task would measure something other than its habit.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from tests.support.weak_model_suite import API_PATHS, TASKS, Task, TaskOutcome, run_task
+from tests.support.weak_model_suite import API_PATHS, TASKS, Task, TaskOutcome, main, run_task
 
 pytestmark = pytest.mark.slow
 
@@ -90,3 +91,21 @@ def test_every_habit_of_the_issue_has_a_task_and_every_failing_task_exists() -> 
     assert sum(task.mode == "control" for task in TASKS) == 2
     assert FAILING_TODAY <= {task.id for task in TASKS}
     assert all(task.feature for task in TASKS if task.id in FAILING_TODAY)
+
+
+def test_the_command_line_prints_the_table_and_writes_the_json_report(
+    tmp_path: Path, npm_servers: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report_file = tmp_path / "report.json"
+    code = main(["--only", "control_read_file", "--api", "chat", "--json-file", str(report_file)])
+
+    assert code == 0
+    assert "| control | (control) | 1/1 | 1/1 |" in capsys.readouterr().out
+    report = json.loads(report_file.read_text())
+    assert (report["completed"], report["runs"]) == (1, 1)
+    assert report["outcomes"][0]["stop_reason"] == "completed"
+
+
+def test_the_command_line_refuses_an_unknown_task(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--only", "no_such_task"]) == 2
+    assert capsys.readouterr().out == ""

@@ -13,7 +13,7 @@ enforced, once on `/v1/responses` and once on a chat-completions-only server, so
 the same thing whatever the bridge's insides become.
 
     python -m tests.support.weak_model_suite            # a table of completion per mode and API path
-    python -m tests.support.weak_model_suite --json     # the full report as JSON
+    python -m tests.support.weak_model_suite --json     # the full report as JSON (--json-file PATH: both)
     python -m tests.support.weak_model_suite --only a_hermes_read_file --api chat
 """
 
@@ -307,9 +307,10 @@ async def run_suite(api_paths: Sequence[str] = API_PATHS, only: Iterable[str] | 
     Raises:
         NodeUnavailableError: the npm MCP servers cannot be installed (no node or npm).
     """
+    tasks = select(only)
     prefix = install_npm_servers()
     outcomes = []
-    for task in select(only):
+    for task in tasks:
         for api in api_paths:
             with tempfile.TemporaryDirectory(prefix=f"weak-{task.id}-") as directory:
                 outcome = await run_task(task, api, Path(directory), prefix)
@@ -321,20 +322,28 @@ async def run_suite(api_paths: Sequence[str] = API_PATHS, only: Iterable[str] | 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Measure task completion with scripted weak-model habits.")
     parser.add_argument("--json", action="store_true", help="print the full report as JSON")
+    parser.add_argument("--json-file", type=Path, metavar="PATH", help="also write the full report as JSON here")
     parser.add_argument("--only", nargs="+", metavar="TASK", help="run only these task ids")
     parser.add_argument("--api", choices=API_PATHS, action="append", help="API path(s); default: both")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    for noisy in ("httpx", "mcp", "tools", "llm", "utils"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         report = asyncio.run(run_suite(tuple(args.api or API_PATHS), args.only))
     except (NodeUnavailableError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
+    if args.json_file is not None:
+        args.json_file.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     sys.stdout.write((json.dumps(report.to_json(), indent=2) if args.json else report.table()) + "\n")
     return 0
 
 
+def _log_progress_only() -> None:
+    """One line per run on stderr; the bridge's and the servers' own logs only when they are errors."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    for noisy in ("httpx", "mcp", "tools", "llm", "utils"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 if __name__ == "__main__":
+    _log_progress_only()
     sys.exit(main())
