@@ -89,14 +89,14 @@ class Task:
     relieved: Build
 
 
-def _task(id: str, habit: str, feature: str, servers: str, work: Callable[[Habits], Build], habits: Habits,
+def _task(task_id: str, habit: str, feature: str, servers: str, work: Callable[[Habits], Build], habits: Habits,
           relieved: Build | None = None) -> Task:
     """A task doing `work` with `habits`; relieved (by default) by a well-behaved model doing the same work.
 
     Its mode is its id's first two words ("a_text", "b_args", ...), or "control".
     """
-    mode = "control" if id.startswith("control") else id[: id.index("_", 2)]
-    return Task(id, mode, habit, feature, tuple(servers.split()), work(habits), relieved or work(Habits()))
+    mode = "control" if task_id.startswith("control") else task_id[: task_id.index("_", 2)]
+    return Task(task_id, mode, habit, feature, tuple(servers.split()), work(habits), relieved or work(Habits()))
 
 
 def _time(source: str, clock: str, target: str, question: str) -> Callable[[Habits], Build]:
@@ -177,6 +177,7 @@ class TaskOutcome:
     answer: str
     duration_s: float
     model_log: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the bridge's notes on the run (tools left out, ...)
     harness_error: str | None = None
 
     @property
@@ -220,6 +221,7 @@ async def run_task(task: Task, api: str, workdir: Path, npm_prefix: Path, *, rel
         answer=result.text[:300],
         duration_s=round(time.monotonic() - started, 2),
         model_log=list(scenario.model.log),
+        notes=[str(note)[:300] for note in structured.get("notes") or [] if note][:5],
     )
 
 
