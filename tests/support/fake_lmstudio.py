@@ -17,6 +17,22 @@ the turn from the request (for concurrent runs, where arrival order is not fixed
 rendered in the format of the endpoint that asked, streamed or not, the way LM Studio sends it,
 including its quirks: plain-string error bodies, 404 ``model_not_found``, and the context-overflow bug
 that answers 200 with an empty stream. Every request is recorded with its JSON body and byte size.
+
+Which LM Studio it mimics (``lmstudio_version``):
+
+- ``"0.3"`` (default): LM Studio 0.3.29+: ``/v1/models``, ``/api/v0/models``, ``/v1/responses``;
+  ``/api/v1/models`` answers 404.
+- ``"0.4"``: LM Studio 0.4: also ``GET /api/v1/models`` (``models[]`` with ``key``, ``loaded_instances[]``
+  carrying ``config.context_length`` and ``config.parallel``, ``capabilities.trained_for_tool_use``).
+
+Model limits, all opt-in per ``FakeModel`` so that nothing changes for a model that sets none:
+``loaded_context_length`` is reported (``/api/v0/models`` ``loaded_context_length``, ``/api/v1/models``
+``config.context_length``) and enforced: a generation request whose estimated tokens
+(``tests.support.lmstudio_limits.estimate_tokens``: ~4 bytes a token, the stored conversation included
+for ``previous_response_id``) exceed it gets LM Studio's overflow error, a 400 with a string ``error``,
+or with ``context_overflow="empty_stream"`` LM Studio's bug: a 200 empty event stream when the request
+was streamed. ``refuses_tools`` answers 400 to any request that carries a non-empty ``tools`` field, like a
+server whose template cannot take tools.
 """
 
 from __future__ import annotations
@@ -42,6 +58,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.support.lmstudio_limits import TOOLS_REFUSED_MESSAGE, estimate_tokens, overflow_message
+
 __all__ = [
     "DEFAULT_MODELS",
     "FakeLMStudio",
@@ -65,12 +83,22 @@ EXIT_POLL_S = 0.01
 
 @dataclass(frozen=True)
 class FakeModel:
-    """One model the stand-in lists and accepts in requests."""
+    """One model the stand-in lists and accepts in requests.
+
+    ``loaded_context_length`` (the context the loaded instance has, LM Studio's real budget) is reported
+    and enforced when set; ``trained_for_tool_use`` is reported by ``/api/v1/models`` when set;
+    ``refuses_tools`` makes requests with a ``tools`` field fail with 400. ``parallel`` is the loaded
+    instance's prediction slots, reported by ``/api/v1/models``.
+    """
 
     id: str
     type: Literal["llm", "vlm", "embeddings"] = "llm"
     loaded: bool = True
     max_context_length: int = 32768
+    loaded_context_length: int | None = None
+    trained_for_tool_use: bool | None = None
+    refuses_tools: bool = False
+    parallel: int = 4
 
 
 DEFAULT_MODELS: tuple[FakeModel, ...] = (
@@ -137,8 +165,13 @@ class FakeLMStudio:
         latency_s: float = 0.0,
         api_key: str | None = None,
         reject_tools: Iterable[str] = (),
+        lmstudio_version: Literal["0.3", "0.4"] = "0.3",
+        context_overflow: Literal["error", "empty_stream"] = "error",
     ) -> None:
         self.models: tuple[FakeModel, ...] = tuple(models)
+        self.lmstudio_version = lmstudio_version
+        # How a request too big for a model's loaded context is answered (see the module docstring).
+        self.context_overflow = context_overflow
         # Tools whose schema the stand-in refuses (400), as llama.cpp does with schemas it cannot
         # turn into a grammar; the request is refused whole, like the real thing.
         self.reject_tools = set(reject_tools)
@@ -289,6 +322,8 @@ class FakeLMStudio:
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/responses", self._responses, methods=["POST"]),
         ]
+        if self.lmstudio_version == "0.4":
+            routes.append(Route("/api/v1/models", self._native_models, methods=["GET"]))
         app = Starlette(routes=routes)
         app.add_middleware(_RecordAndAuth, fake=self)
         return app
@@ -316,18 +351,46 @@ class FakeLMStudio:
         return JSONResponse({"object": "list", "data": data})
 
     async def _rich_models(self, request: Request) -> Response:
-        data = [
-            {
+        data = []
+        for m in self.models:
+            entry: dict[str, object] = {
                 "id": m.id,
                 "object": "model",
                 "type": m.type,
-                "publisher": m.id.split("/")[0] if "/" in m.id else "lmstudio-community",
+                "publisher": _publisher(m.id),
                 "state": "loaded" if m.loaded else "not-loaded",
                 "max_context_length": m.max_context_length,
             }
-            for m in self.models
-        ]
+            if m.loaded and m.loaded_context_length is not None:
+                entry["loaded_context_length"] = m.loaded_context_length
+            data.append(entry)
         return JSONResponse({"object": "list", "data": data})
+
+    async def _native_models(self, request: Request) -> Response:
+        """LM Studio 0.4's ``GET /api/v1/models`` (the fields the bridge and the weak-model suite read)."""
+        listed = []
+        for m in self.models:
+            entry: dict[str, object] = {
+                "type": "embedding" if m.type == "embeddings" else "llm",
+                "publisher": _publisher(m.id),
+                "key": m.id,
+                "display_name": m.id.split("/")[-1],
+                "max_context_length": m.max_context_length,
+                "format": "gguf",
+                "loaded_instances": [],
+            }
+            if m.loaded:
+                config: dict[str, object] = {"context_length": m.loaded_context_length or m.max_context_length}
+                if m.type != "embeddings":
+                    config["parallel"] = m.parallel
+                entry["loaded_instances"] = [{"id": m.id, "config": config}]
+            if m.type != "embeddings":
+                entry["capabilities"] = {
+                    "vision": m.type == "vlm",
+                    "trained_for_tool_use": bool(m.trained_for_tool_use),
+                }
+            listed.append(entry)
+        return JSONResponse({"models": listed})
 
     async def _embeddings(self, request: Request) -> Response:
         body = _recorded(request).body or {}
@@ -541,11 +604,14 @@ class FakeLMStudio:
         failure = self._next_failure()
         if failure is not None:
             return _error_response(*failure)
-        model, refusal = self._check_model(recorded.body or {})
+        body = recorded.body or {}
+        model, refusal = self._check_model(body)
         if refusal is None:
-            refusal = self._check_tools(recorded.body or {})
+            refusal = self._check_tools(body)
         if refusal is None:
             refusal = check()
+        if refusal is None:
+            refusal = self._check_limits(model, request.url.path, body)
         if refusal is not None:
             return refusal
         turn = self._next_turn(recorded)
@@ -569,6 +635,29 @@ class FakeLMStudio:
             if name in self.reject_tools:
                 return _error_response(400, f"Invalid tool '{name}': failed to convert its JSON schema to a grammar")
         return None
+
+    def _check_limits(self, model_id: str, path: str, body: dict[str, object]) -> Response | None:
+        """The refusals of a model with limits: the ``tools`` field, or a request its loaded context cannot hold."""
+        model = next((m for m in self.models if m.id == model_id), None)
+        if model is None:
+            return None
+        if model.refuses_tools and body.get("tools"):
+            return _error_response(
+                400, {"error": {"code": 400, "message": TOOLS_REFUSED_MESSAGE, "type": "invalid_request_error"}}
+            )
+        if model.loaded_context_length is None:
+            return None
+        history: list[dict[str, object]] = []
+        previous_id = body.get("previous_response_id") if path == "/v1/responses" else None
+        if previous_id is not None:
+            with self._lock:
+                history = list(self._conversations.get(str(previous_id), []))
+        tokens = estimate_tokens(body, history)
+        if tokens <= model.loaded_context_length:
+            return None
+        if self.context_overflow == "empty_stream" and body.get("stream"):
+            return Response(b"", media_type="text/event-stream")
+        return _error_response(400, overflow_message(tokens, model.loaded_context_length))
 
     def _check_previous(self, previous_id: object) -> Response | None:
         """LM Studio's answer to a ``previous_response_id`` it has not stored."""
@@ -684,6 +773,10 @@ class _RecordAndAuth:
 
 
 # ---------------------------------------------------------------------- rendering helpers
+
+
+def _publisher(model_id: str) -> str:
+    return model_id.split("/")[0] if "/" in model_id else "lmstudio-community"
 
 
 def _recorded(request: Request) -> RecordedRequest:
