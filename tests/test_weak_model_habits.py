@@ -12,7 +12,6 @@ from tests.support.conversation_view import OfferedTool, View, read_request
 from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn
 from tests.support.weak_model_suite import SuiteReport, Task, TaskOutcome, run_task, select
 from tests.support.weak_models import (
-    Answer,
     Call,
     Habits,
     Step,
