@@ -119,6 +119,19 @@ class Settings(BaseSettings):
     tool_output_max_chars: int = Field(
         20000, ge=200, le=5_000_000, description="Longest tool output handed to the model; longer is cut."
     )
+    model_context_tokens: int | None = Field(
+        None,
+        ge=512,
+        le=10_000_000,
+        description="Context length to assume when the model server does not report the loaded one; unset: 4096.",
+    )
+    tool_offer_max: int = Field(
+        16,
+        ge=2,
+        le=1000,
+        description="Most tools offered to the model at once; beyond it the most relevant are offered, "
+        "with search_tools to find the others.",
+    )
 
     # --- Logging ----------------------------------------------------------------------------
     log_level: LogLevel = Field("INFO", description="Log level (logs go to stderr).")
@@ -144,6 +157,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "lmstudio_base_url", "default_model", "lmstudio_api_key", "mcp_json_path", "lmstudio_max_concurrency",
+        "model_context_tokens",
         mode="before",
     )
     @classmethod

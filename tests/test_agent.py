@@ -101,13 +101,24 @@ async def test_the_chat_path_keeps_the_history_itself(bridge: Callable[[], Abstr
         assert second["tools"][0]["function"]["name"] == "get_current_time"
 
 
+async def test_almost_json_arguments_are_repaired_and_counted(
+    bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
+) -> None:
+    async with bridge() as state:
+        fake.set_script([Turn(tool_calls=[("get_current_time", "{'timezone': 'UTC',")]), Turn(text="done")])
+        result = await state.agent.run(["time"], "time?")
+    assert [c.ok for c in result.tool_calls] == [True]
+    assert json.loads(tool_outputs(model_requests(fake)[1])[0])["timezone"] == "UTC"
+    assert result.assists == {"arguments_repaired": 1}
+
+
 async def test_malformed_arguments_go_back_as_an_error_quoting_the_schema_and_are_never_run(
     bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
 ) -> None:
     async with bridge() as state:
         fake.set_script(
             [
-                Turn(tool_calls=[("get_current_time", '{"timezone": "UTC"')]),
+                Turn(tool_calls=[("get_current_time", "timezone is UTC")]),
                 Turn(tool_calls=[call("get_current_time", timezone="UTC")]),
                 Turn(text="fixed it"),
             ]
@@ -357,3 +368,38 @@ async def test_only_a_refusal_about_tools_starts_probing_the_schemas(
     assert result.stop_reason == "error"
     assert not any("left out" in note for note in result.notes)
     assert len(model_requests(fake)) == expected_requests
+
+
+async def test_an_overflow_mid_run_is_survived_once_by_compacting_the_history(
+    bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
+) -> None:
+    overflow = "Trying to keep the first 5000 tokens when context the overflows. However, the model is loaded with context length of only 4096 tokens"
+    async with bridge() as state:
+        fake.set_script(
+            [
+                Turn(tool_calls=[call("get_current_time", timezone="UTC")]),
+                Turn(error=(400, overflow)),
+                Turn(text="It is noon."),
+            ]
+        )
+        result = await state.agent.run(["time"], "time?")
+    assert (result.stop_reason, result.answer) == ("completed", "It is noon.")
+    assert result.assists["context_overflow_retries"] == 1
+
+
+async def test_a_call_written_as_text_is_run_and_its_result_sent_as_a_message(
+    bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
+) -> None:
+    async with bridge() as state:
+        fake.set_script(
+            [
+                Turn(text='<tool_call>{"name": "get_current_time", "arguments": {"timezone": "UTC"}}</tool_call>'),
+                Turn(text="It is noon."),
+            ]
+        )
+        result = await state.agent.run(["time"], "time?")
+    assert [(c.name, c.ok) for c in result.tool_calls] == [("get_current_time", True)]
+    assert result.assists == {"tool_calls_from_text": 1} and result.answer == "It is noon."
+    last = model_requests(fake)[-1].body
+    items = last["input"] if "input" in last else last["messages"]
+    assert items[-1]["role"] == "user" and items[-1]["content"].startswith("Result of get_current_time:")

@@ -50,7 +50,7 @@ EXAMPLE_DOCS = (API_REFERENCE, GUIDE, README)
 # The models the docs' examples name; the stand-in offers exactly these, in this order (the order
 # shows in the documented "Available: ..." messages).
 DOC_MODELS: tuple[FakeModel, ...] = (
-    FakeModel("qwen/qwen3-coder-30b", "llm", loaded=True, max_context_length=262144),
+    FakeModel("qwen/qwen3-coder-30b", "llm", loaded=True, max_context_length=262144, loaded_context_length=32768),
     FakeModel("mistralai/magistral-small-2509", "llm", loaded=False, max_context_length=131072),
     FakeModel("qwen/qwen3-4b-thinking-2507", "llm", loaded=False, max_context_length=262144),
     FakeModel("qwen/qwen3-4b-2507", "llm", loaded=False, max_context_length=262144),
@@ -336,7 +336,11 @@ async def test_documented_examples_run_against_the_stand_in_and_real_servers(
     )
     problems: list[str] = []
     with FakeLMStudio(scripted_model, models=DOC_MODELS) as fake:
-        settings = bridge_settings(fake.url, mcp_json, MODEL_ALIASES=json.dumps(doc_aliases()))
+        # The documented world: models loaded with a 32K context (LM Studio reports it for the loaded one;
+        # MODEL_CONTEXT_TOKENS says it for those loaded just in time).
+        settings = bridge_settings(
+            fake.url, mcp_json, MODEL_ALIASES=json.dumps(doc_aliases()), MODEL_CONTEXT_TOKENS="32768"
+        )
 
         def shown(text: str) -> str:
             return text.replace(fake.url, DOC_URL).replace(str(mcp_json), DOC_CONFIG_PATH)

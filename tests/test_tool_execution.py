@@ -70,7 +70,7 @@ def make(lease: ScriptedLease, max_chars: int = 200) -> tuple[ToolExecutor, RunC
 async def test_a_call_runs_on_its_servers_lease_and_its_text_goes_back() -> None:
     lease = ScriptedLease(text("hello"))
     executor, run, recorder = make(lease)
-    output = await executor.execute(run, ToolCall("c1", "read_file", '{"path": "a.txt"}'), 0)
+    output = (await executor.execute(run, ToolCall("c1", "read_file", '{"path": "a.txt"}'), 0)).output
     assert (output.call_id, output.output) == ("c1", "hello")
     assert lease.calls == [("read_file", {"path": "a.txt"})]
     assert recorder.events == [("started", "read_file"), ("finished", "read_file", True)]
@@ -79,14 +79,14 @@ async def test_a_call_runs_on_its_servers_lease_and_its_text_goes_back() -> None
 
 async def test_a_long_output_is_cut_with_a_marker_saying_how_much() -> None:
     executor, run, _ = make(ScriptedLease(text("x" * 1000)), max_chars=200)
-    output = await executor.execute(run, ToolCall("c1", "read_file", '{"path": "a"}'), 0)
+    output = (await executor.execute(run, ToolCall("c1", "read_file", '{"path": "a"}'), 0)).output
     assert output.output == "x" * 200 + "\n[... truncated: 800 of 1000 characters cut]"
 
 
 async def test_bad_arguments_never_reach_the_server() -> None:
     lease = ScriptedLease()
     executor, run, _ = make(lease)
-    output = await executor.execute(run, ToolCall("", "read_file", '{"path": 1}'), 3)
+    output = (await executor.execute(run, ToolCall("", "read_file", '{"file": "a"}'), 3)).output
     assert output.call_id == "call_0_3"
     assert output.output.startswith("Error: arguments for read_file do not match its schema")
     assert lease.calls == [] and run.calls[0].ok is False
@@ -94,7 +94,7 @@ async def test_bad_arguments_never_reach_the_server() -> None:
 
 async def test_an_unknown_tool_lists_the_tools_there_are_and_runs_nothing() -> None:
     executor, run, recorder = make(ScriptedLease())
-    output = await executor.execute(run, ToolCall("c1", "write_file", "{}"), 0)
+    output = (await executor.execute(run, ToolCall("c1", "write_file", "{}"), 0)).output
     assert "no tool named 'write_file'" in output.output and "read_file" in output.output
     assert recorder.events == [("finished", "write_file", False)]
 
@@ -108,7 +108,7 @@ async def test_an_unknown_tool_lists_the_tools_there_are_and_runs_nothing() -> N
 )
 async def test_failures_go_back_to_the_model_as_outputs(answer: object, starts: str) -> None:
     executor, run, _ = make(ScriptedLease(answer))  # type: ignore[arg-type]
-    output = await executor.execute(run, ToolCall("c1", "read_file", '{"path": "a"}'), 0)
+    output = (await executor.execute(run, ToolCall("c1", "read_file", '{"path": "a"}'), 0)).output
     assert output.output.startswith(starts)
     assert run.calls[0].ok is False
 
@@ -118,3 +118,32 @@ def test_images_become_placeholders_and_structured_content_is_kept_when_there_is
     assert render_tool_result(image) == "[image image/png, 3 bytes, not shown]"
     structured = CallToolResult(content=[], structured_content={"a": 1})
     assert json.loads(render_tool_result(structured)) == {"a": 1}
+
+
+async def test_a_name_off_by_case_or_dashes_runs_the_tool_and_is_counted() -> None:
+    lease = ScriptedLease(text("hello"))
+    executor, run, _ = make(lease)
+    output = (await executor.execute(run, ToolCall("c1", "Read-File", '{"path": "a"}'), 0)).output
+    assert output.output == "hello" and lease.calls == [("read_file", {"path": "a"})]
+    assert run.assists == {"tool_names_matched": 1}
+
+
+async def test_stringified_arguments_are_coerced_to_the_schema() -> None:
+    counted = Tool(
+        name="head",
+        description="First lines of a file",
+        input_schema={
+            "type": "object",
+            "properties": {"path": {"type": "array", "items": {"type": "string"}}, "lines": {"type": "integer"},
+                           "raw": {"type": "boolean"}},
+            "required": ["path", "lines"],
+        },
+    )
+    toolset, _ = build_toolset({"fs": [counted]}, namespaced=False)
+    run = RunContext(task="t", model=ResolvedModel("m", "requested", None, asyncio.Semaphore(1)), servers=["fs"],
+                     toolset=toolset)
+    lease = ScriptedLease(text("ok"))
+    executor = ToolExecutor({"fs": lease}, HookSet([]), output_max_chars=100)  # type: ignore[dict-item]
+    await executor.execute(run, ToolCall("c1", "head", '{"path": "a.txt", "lines": "5", "raw": "true"}'), 0)
+    assert lease.calls == [("head", {"path": ["a.txt"], "lines": 5, "raw": True})]
+    assert run.assists == {"arguments_repaired": 1}

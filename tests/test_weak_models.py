@@ -1,8 +1,8 @@
 """The weak-model suite under pytest: one test per task and API path, checked the way the CLI checks it.
 
-Most tasks fail on today's bridge, which lacks the features of issue 14; they are marked
-`xfail(strict=True)` with the feature they need, so that a feature landing turns its tests into
-unexpected passes, which fail the run until the marker is removed from `FAILING_TODAY`. Only a
+Every task completes on today's bridge. A task added for a habit the bridge does not handle yet goes in
+`FAILING_TODAY`: it is then marked `xfail(strict=True)` with the feature it needs, so that the feature
+landing turns its tests into unexpected passes, which fail the run until the id is removed. Only a
 failed success criterion counts as the expected failure (`raises=TaskFailed`): a broken harness
 fails the test whatever the marker says.
 
@@ -21,31 +21,7 @@ from tests.support.weak_model_suite import API_PATHS, TASKS, Task, TaskOutcome, 
 
 pytestmark = pytest.mark.slow
 
-FAILING_TODAY: frozenset[str] = frozenset(
-    {
-        "a_text_hermes_read_file",
-        "a_text_qwen3_coder_lookup",
-        "a_text_llama_convert_time",
-        "a_text_mistral_store",
-        "a_text_bare_json_changelog",
-        "a_text_fenced_json_two_servers",
-        "b_args_stringified_number",
-        "b_args_stringified_boolean",
-        "b_args_string_for_array",
-        "b_args_trailing_comma",
-        "b_args_single_quotes",
-        "b_args_unclosed_brace",
-        "c_names_wrong_case",
-        "c_names_missing_prefix",
-        "c_names_extra_prefix",
-        "c_names_dashes",
-        "d_context_4k_overflow_error",
-        "d_context_4k_empty_stream",
-        "e_tools_sixty",
-        "f_repeat_polls_growing_log",
-        "g_prompt_tools_field_refused",
-    }
-)
+FAILING_TODAY: frozenset[str] = frozenset()
 """Task ids that fail on today's bridge on both API paths; remove an id when its feature lands."""
 
 

@@ -44,8 +44,8 @@ MaxTokens = Annotated[
     Annotated[int, Field(ge=1, le=131072)] | Literal["auto"],
     Field(
         description=(
-            "Maximum tokens per LLM response ('auto' for default: the model may use what is left of "
-            "its context window; or an integer such as 4096 to override)."
+            "Maximum tokens per LLM response ('auto' for default: a quarter of the model's loaded context, "
+            "256 to 2048; or an integer such as 4096 to override)."
         )
     ),
 ]

@@ -6,7 +6,9 @@
 2. the servers: the config file re-read if it changed, the named entries looked up, one lease per
    server taken (the run's snapshot: a reload meanwhile does not touch its sessions);
 3. their tools, started concurrently, filtered by the tool policy, named and cleaned (namespaced
-   `server__tool` when several servers);
+   `server__tool` when several servers); the context budget of the model (`budget`) and the tools
+   offered out of it (`tool_selection`: the most relevant ones and `search_tools` when there are too
+   many);
 4. the loop (`tools.agent.runner.Runner`), watched by the progress, metrics, tracing and logging
    hooks; the leases are released when it ends, however it ends.
 """
@@ -24,11 +26,14 @@ from llm.capabilities import ServerCapabilities
 from llm.exceptions import LLMError
 from llm.llm_client import LLMClient
 from llm.models import ModelCatalog
+from tools.agent.budget import ContextBudget
+from tools.agent.context import ContextKeeper
 from tools.agent.events import HookSet, RunContext, RunHooks
 from tools.agent.hooks import LoggingHook, MetricsHook, ProgressHook, TracingHook
 from tools.agent.result import RunResult
 from tools.agent.runner import RunLimits, Runner
 from tools.agent.tool_execution import ToolExecutor
+from tools.agent.tool_selection import SEARCH_TOOL, ToolOffer
 from tools.downstream.discovery import MCPDiscovery
 from tools.downstream.entries import ServerEntry
 from tools.downstream.errors import MCPBridgeError, MCPConfigError
@@ -155,6 +160,19 @@ class DynamicAutonomousAgent:
                 notes=[*notes, *start_notes, *policy_notes, *schema_notes],
                 run_id=run_id.get(),
             )
+            budget = ContextBudget.for_model(
+                resolved,
+                configured=self.settings.model_context_tokens,
+                max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+            )
+            run.context = budget.describe()
+            offer = ToolOffer(toolset, task, max_tools=self.settings.tool_offer_max, max_chars=budget.tools_chars)
+            run.tools_offered = offer.names()
+            if offer.narrowed:
+                run.notes.append(
+                    f"{len(toolset)} tools: offered the {len(offer.offered)} most relevant to the task, and "
+                    f"{SEARCH_TOOL} to find the others"
+                )
             hook_set = HookSet(
                 [
                     LoggingHook(),
@@ -167,14 +185,17 @@ class DynamicAutonomousAgent:
             runner = Runner(
                 llm=self.llm,
                 capabilities=self.capabilities,
-                executor=ToolExecutor(leases, hook_set, output_max_chars=self.settings.tool_output_max_chars),
+                executor=ToolExecutor(
+                    leases, hook_set, output_max_chars=self.settings.tool_output_max_chars, offer=offer
+                ),
                 hooks=hook_set,
                 limits=RunLimits(
                     max_rounds=max_rounds,
-                    max_tokens=max_tokens if isinstance(max_tokens, int) else None,
                     timeout_s=self.settings.autonomous_timeout_s,
                     repeat_limit=self.settings.autonomous_repeat_limit,
                 ),
+                offer=offer,
+                context=ContextKeeper(run, budget),
             )
             return await runner.run(run)
         finally:

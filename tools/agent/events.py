@@ -47,6 +47,10 @@ class RunContext:
     calls: list[ToolCallRecord] = field(default_factory=list)
     usage: Counter[str] = field(default_factory=Counter)
     reported_models: set[str] = field(default_factory=set)
+    assists: Counter[str] = field(default_factory=Counter)
+    """What the bridge did for the model: calls read from text, arguments repaired, outputs cut, ..."""
+    tools_offered: list[str] = field(default_factory=list)
+    context: dict[str, object] = field(default_factory=dict)
 
     @property
     def elapsed_s(self) -> float:
@@ -78,6 +82,9 @@ class RunContext:
             usage=dict(self.usage),
             notes=[*self.notes, *_model_mismatch(self.model.id, self.reported_models)],
             error=error,
+            assists={key: count for key, count in sorted(self.assists.items()) if count},
+            tools_offered=list(self.tools_offered),
+            context=dict(self.context),
         )
 
 

@@ -45,8 +45,10 @@ class ProgressHook(RunHooks):
 
     async def on_run_started(self, event: RunStarted) -> None:
         run = event.run
+        offered = [name for name in run.tools_offered if name in run.toolset]
+        count = f"{len(offered)} of {len(run.toolset)}" if len(offered) < len(run.toolset) else f"{len(run.toolset)}"
         await self._reporter.report(
-            f"started: {len(run.toolset)} tools from {', '.join(run.servers) or 'no server'}; model {run.model.id}",
+            f"started: {count} tools from {', '.join(run.servers) or 'no server'}; model {run.model.id}",
             force=True,
         )
 
@@ -115,6 +117,8 @@ class MetricsHook(RunHooks):
     async def on_run_finished(self, event: RunFinished) -> None:
         result = event.result
         self._metrics.inc("autonomous_runs", stop_reason=result.stop_reason)
+        for kind, count in result.assists.items():
+            self._metrics.inc("agent_assists", count, kind=kind)
         self._metrics.observe("autonomous_rounds", float(result.rounds))
         self._metrics.observe("autonomous_run_ms", result.duration_s * 1000, model=result.model)
 

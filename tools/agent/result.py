@@ -34,6 +34,9 @@ class RunResult:
     usage: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     error: str | None = None
+    assists: dict[str, int] = field(default_factory=dict)
+    tools_offered: list[str] = field(default_factory=list)
+    context: dict[str, object] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -43,7 +46,7 @@ class RunResult:
         why = {
             "max_rounds": f"it reached max_rounds ({self.rounds} rounds)",
             "timeout": f"it ran out of time after {self.duration_s:.0f} s (AUTONOMOUS_TIMEOUT_S)",
-            "loop_detected": "the model repeated the same tool call with the same arguments",
+            "loop_detected": "the model repeated the same tool call and got the same result",
             "cancelled": "it was cancelled",
             "error": f"of an error: {(self.error or '').rstrip('.')}",
         }[self.stop_reason]
@@ -67,4 +70,7 @@ class RunResult:
             "usage": self.usage or None,
             "notes": self.notes,
             "error": self.error,
+            "assists": self.assists,
+            "tools_offered": self.tools_offered,
+            "context": self.context or None,
         }

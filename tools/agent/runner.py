@@ -2,15 +2,20 @@
 
     Runner.run(run) -> RunResult
       open the conversation (`/v1/responses` unless the server lacks it, else chat completions;
-        tools the server refuses are probed and left out)
-      loop: model turn -> no tool calls? done
+        tool schemas the server refuses are probed and left out; if it refuses them all, or the
+        model was not trained for tool use, the run goes on *prompted*: tools described in the
+        instructions, calls read from the text)
+      loop: model turn -> calls written as text are read back as calls (`text_calls`)
+                       -> no tool calls? done
                        -> max_rounds reached? stop (the calls not run are named in the notes)
-                       -> each call: the loop guard first, then the executor
-                       -> the outputs go back to the model
+                       -> each call: the loop guard, then the executor (names and arguments mended)
+                       -> the outputs, cut to the room the context has left, go back to the model
+                          (history compacted first if needed; an overflow is survived once)
       bounded by AUTONOMOUS_TIMEOUT_S; an LM Studio error ends the run with what was said so far
 
-Everything that watches the run is a hook (`tools.agent.events`); running a call is the
-executor's business (`tools.agent.tool_execution`).
+Everything that watches the run is a hook (`tools.agent.events`); running a call is the executor's
+business (`tool_execution`), fitting the context the keeper's (`context`), which tools are offered
+the offer's (`tool_selection`).
 
 Stop reasons: `completed`, `max_rounds`, `timeout`, `loop_detected`, `cancelled` (recorded, then
 the cancellation propagates), `error`.
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 
@@ -37,6 +42,7 @@ from llm.conversation import (
 from llm.exceptions import EndpointNotSupportedError, LLMError
 from llm.llm_client import LLMClient
 from llm.results import StreamEvent
+from tools.agent.context import ContextKeeper
 from tools.agent.events import (
     HookSet,
     ModelDelta,
@@ -50,7 +56,9 @@ from tools.agent.events import (
 from tools.agent.loop_guard import LoopGuard
 from tools.agent.result import RunResult, StopReason
 from tools.agent.schema_probe import refusal_about_tools, refused_tools
+from tools.agent.text_calls import recover_tool_calls
 from tools.agent.tool_execution import ToolExecutor
+from tools.agent.tool_selection import ToolOffer
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +74,6 @@ class RunLimits:
     """The bounds of one run."""
 
     max_rounds: int
-    max_tokens: int | None
     timeout_s: float
     repeat_limit: int
 
@@ -82,13 +89,18 @@ class Runner:
         executor: ToolExecutor,
         hooks: HookSet,
         limits: RunLimits,
+        offer: ToolOffer,
+        context: ContextKeeper,
     ) -> None:
         self._llm = llm
         self._capabilities = capabilities
         self._executor = executor
         self._hooks = hooks
         self._limits = limits
+        self._offer = offer
+        self._context = context
         self._conversation: Conversation | None = None
+        self._prompted = False
 
     async def run(self, run: RunContext) -> RunResult:
         """Work the task out; returns why it stopped. Re-raises cancellation after recording it."""
@@ -117,64 +129,84 @@ class Runner:
         guard = LoopGuard(self._limits.repeat_limit)
         while turn.tool_calls:
             if run.rounds >= self._limits.max_rounds:
-                run.notes.append(
-                    "max_rounds reached; not run: "
-                    + ", ".join(f"{c.name}({c.arguments[:200]})" for c in turn.tool_calls)
-                )
+                run.notes.append("max_rounds reached; not run: " + _calls_text(turn))
                 return "max_rounds"
+            as_text = turn.calls_from_text or self._prompted
             outputs: list[ToolOutput] = []
             for index, call in enumerate(turn.tool_calls):
-                if guard.repeated(call):
-                    logger.warning("loop detected: %s called again with the same arguments", call.name)
+                if guard.held_back(call):
+                    logger.warning("loop detected: %s called again, and it got the same result", call.name)
                     run.notes.append(f"loop detected; not run: {call.name}({call.arguments[:200]})")
                     return "loop_detected"
-                outputs.append(await self._executor.execute(run, call, index))
-            run.rounds += 1
-            await self._hooks.emit(RoundFinished(run, outputs))
+                done = await self._executor.execute(run, call, index, as_text=as_text)
+                hint = guard.record(call, done.raw, ok=done.ok)
+                run.assists["loop_hints"] += bool(hint)
+                outputs.append(replace(done.output, output=done.output.output + hint) if hint else done.output)
             conversation = self._conversation
             assert conversation is not None
-            turn = await self._ask(run, lambda: conversation.send_tool_outputs(outputs))
+            outputs = self._context.shape_round(conversation, outputs)
+            run.rounds += 1
+            await self._hooks.emit(RoundFinished(run, outputs))
+            conversation.set_tools(self._offer.specs(), self._offer.instructions(INSTRUCTIONS, prompted=self._prompted))
+            turn = await self._ask(
+                run,
+                lambda: self._context.send(conversation, lambda: conversation.send_tool_outputs(outputs), outputs),
+            )
         return "completed"
 
     async def _ask(self, run: RunContext, request: Callable[[], Awaitable[ModelTurn]]) -> ModelTurn:
         await self._hooks.emit(ModelRequested(run))
         turn = await request()
+        if not turn.tool_calls and (found := recover_tool_calls(turn.text, run.toolset, round_index=run.rounds)):
+            logger.info("read %d tool call(s) written as text (%s format)", len(found.calls), found.format)
+            run.assists["tool_calls_from_text"] += len(found.calls)
+            turn.tool_calls, turn.text, turn.calls_from_text = found.calls, found.remaining_text, True
         run.take(turn)
         await self._hooks.emit(ModelTurnReceived(run, turn))
         return turn
 
     async def _open(self, run: RunContext) -> ModelTurn:
-        """The first turn; if the server refuses the request over a tool schema, without those tools."""
+        """The first turn; without the tools the server refuses, or prompted if it refuses them all."""
+        self._prompted = run.model.info is not None and run.model.info.trained_for_tool_use is False
         try:
             return await self._start(run)
         except LLMError as exc:
-            if not refusal_about_tools(exc) or not run.toolset:
+            if not refusal_about_tools(exc) or not run.toolset or self._prompted:
                 raise
-            rejected = await refused_tools(
-                self._llm, run.model, self._capabilities, list(run.toolset.values())
-            )
+            tools = list(run.toolset.values())
+            rejected = await refused_tools(self._llm, run.model, self._capabilities, tools)
             if not rejected:
                 raise
-            for name, why in rejected.items():
-                del run.toolset[name]
-                run.notes.append(f"{name} left out: the model server refused its schema ({why[:200]})")
-            logger.warning("the model server refused %d tool schema(s): %s", len(rejected), ", ".join(rejected))
+            if len(rejected) == len(tools):
+                logger.warning("the model server refuses every tool schema: describing the tools in the prompt")
+                run.notes.append(f"the model server refused the tools field ({str(exc)[:200]}): tools were "
+                                 "described in the instructions and calls read from the text")
+                self._prompted = True
+            else:
+                for name, why in rejected.items():
+                    del run.toolset[name]
+                    run.notes.append(f"{name} left out: the model server refused its schema ({why[:200]})")
+                logger.warning("the model server refused %d tool schema(s): %s", len(rejected), ", ".join(rejected))
+                self._offer.forget(rejected)
             return await self._start(run)
 
     async def _start(self, run: RunContext) -> ModelTurn:
         """Start the conversation on /v1/responses when the server has it, else on chat completions."""
-        specs = [tool.spec() for tool in run.toolset.values()]
+        run.assists["prompted_tool_calling"] = int(self._prompted)
+        run.tools_offered = self._offer.names()
 
         async def on_event(event: StreamEvent) -> None:
             await self._hooks.emit(ModelDelta(run, event))
 
         options = GenerationOptions(
             model=run.model,
-            instructions=INSTRUCTIONS,
+            instructions=self._offer.instructions(INSTRUCTIONS, prompted=self._prompted),
             capabilities=self._capabilities,
-            max_tokens=self._limits.max_tokens,
+            max_tokens=self._context.budget.output_tokens,
             on_event=on_event,
+            prompted=self._prompted,
         )
+        specs = self._offer.specs()
         if self._capabilities.conversation_api == "responses":
             run.api = "responses"
             self._conversation = ResponsesConversation(self._llm, specs, options)
@@ -191,3 +223,8 @@ class Runner:
         turn = await self._conversation.start(run.task)
         run.rounds = 1
         return turn
+
+
+def _calls_text(turn: ModelTurn) -> str:
+    return ", ".join(f"{c.name}({c.arguments[:200]})" for c in turn.tool_calls)
+

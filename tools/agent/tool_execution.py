@@ -5,6 +5,11 @@ reads next. Every failure becomes an output the model can act on (an unknown too
 tools there are; bad arguments quote the schema; a server error says what happened); nothing
 here raises for a bad call. Calls go through the run's leases (its snapshot of sessions), never
 through a fresh look-up of the config.
+
+What a small model gets almost right is mended first, and counted in the run's `assists`: a tool
+name that differs in case, `-`/`_` or a `server__` prefix (`text_calls.match_tool_name`), and
+arguments that need JSON repair or coercion to the schema (`repair.repair_arguments`).
+`search_tools` (`tool_selection.ToolOffer`) runs here too, without a server.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from mcp.types import (
     AudioContent,
@@ -26,46 +32,90 @@ from mcp.types import (
 from llm.conversation import ToolOutput
 from llm.results import ToolCall
 from tools.agent.events import HookSet, RunContext, ToolCallFinished, ToolCallStarted
+from tools.agent.repair import repair_arguments
 from tools.agent.result import ToolCallRecord
+from tools.agent.text_calls import match_tool_name
+from tools.agent.tool_selection import SEARCH_TOOL, ToolOffer
 from tools.downstream.errors import MCPBridgeError
 from tools.downstream.session import SessionLease
-from tools.downstream.toolset import ArgumentError, BridgedTool, parse_arguments
+from tools.downstream.toolset import ArgumentError, BridgedTool
+
+
+@dataclass(frozen=True)
+class Executed:
+    """One call's outcome: what goes back to the model, and the raw result (for the loop guard)."""
+
+    output: ToolOutput
+    raw: str
+    ok: bool
 
 
 class ToolExecutor:
     """Executes one run's tool calls on the sessions the run leased."""
 
-    def __init__(self, leases: Mapping[str, SessionLease], hooks: HookSet, *, output_max_chars: int) -> None:
+    def __init__(
+        self,
+        leases: Mapping[str, SessionLease],
+        hooks: HookSet,
+        *,
+        output_max_chars: int,
+        offer: ToolOffer | None = None,
+    ) -> None:
         self._leases = leases
         self._hooks = hooks
         self._output_max_chars = output_max_chars
+        self._offer = offer
 
-    async def execute(self, run: RunContext, call: ToolCall, index: int) -> ToolOutput:
-        """Run `call` (the `index`-th of its round) and return what goes back to the model."""
+    async def execute(self, run: RunContext, call: ToolCall, index: int, *, as_text: bool = False) -> Executed:
+        """Run `call` (the `index`-th of its round) and return what goes back to the model.
+
+        `as_text`: the model wrote the call into its text; its result goes back as a message.
+        """
         call_id = call.id or f"call_{run.rounds}_{index}"
-        tool = run.toolset.get(call.name)
+        if call.name == SEARCH_TOOL and self._offer is not None and self._offer.narrowed:
+            return await self._search(run, call, call_id, as_text)
+        name = call.name if call.name in run.toolset else match_tool_name(call.name, run.toolset)
+        tool = run.toolset.get(name) if name is not None else None
         if tool is None:
             output = (
                 f"Error: there is no tool named '{call.name}'. Available tools: "
-                f"{', '.join(run.toolset) or '(none)'}."
+                f"{', '.join(run.tools_offered or run.toolset) or '(none)'}."
             )
             record = ToolCallRecord(call.name, None, False, 0.0, "unknown tool")
             run.calls.append(record)
             await self._hooks.emit(ToolCallFinished(run, record, None))
-            return ToolOutput(call_id, call.name, output)
+            return Executed(ToolOutput(call_id, call.name, output, as_text), output, False)
+        if tool.llm_name != call.name:
+            run.assists["tool_names_matched"] += 1
         await self._hooks.emit(ToolCallStarted(run, call, tool))
         started = time.monotonic()
-        ok, output = await self._call(tool, call.arguments)
+        ok, output = await self._call(run, tool, call.arguments)
         record = ToolCallRecord(tool.llm_name, tool.server, ok, (time.monotonic() - started) * 1000, None if ok else output[:200])
         run.calls.append(record)
         await self._hooks.emit(ToolCallFinished(run, record, tool))
-        return ToolOutput(call_id, call.name, self._truncate(output))
+        return Executed(ToolOutput(call_id, call.name, self._truncate(output), as_text), output, ok)
 
-    async def _call(self, tool: BridgedTool, raw_arguments: str) -> tuple[bool, str]:
+    async def _search(self, run: RunContext, call: ToolCall, call_id: str, as_text: bool) -> Executed:
+        assert self._offer is not None
         try:
-            arguments = parse_arguments(tool, raw_arguments)
+            arguments = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError:
+            arguments = {"query": call.arguments}
+        output = self._offer.search(arguments if isinstance(arguments, dict) else {})
+        run.assists["tool_searches"] += 1
+        run.tools_offered = self._offer.names()
+        record = ToolCallRecord(SEARCH_TOOL, None, not output.startswith("Error"), 0.0)
+        run.calls.append(record)
+        await self._hooks.emit(ToolCallFinished(run, record, None))
+        return Executed(ToolOutput(call_id, call.name, output, as_text), output, record.ok)
+
+    async def _call(self, run: RunContext, tool: BridgedTool, raw_arguments: str) -> tuple[bool, str]:
+        try:
+            arguments, repairs = repair_arguments(tool, raw_arguments)
         except ArgumentError as exc:
             return False, f"Error: {exc}"
+        if repairs:
+            run.assists["arguments_repaired"] += 1
         try:
             result = await self._leases[tool.server].call_tool(tool.tool_name, arguments)
         except MCPBridgeError as exc:

@@ -73,7 +73,9 @@ def _clean_schema_text(text: str) -> dict[str, object]:
     cleaned.setdefault("type", "object")
     if cleaned.get("type") == "object" and not isinstance(cleaned.get("properties"), dict):
         cleaned["properties"] = {}
-    from jsonschema import Draft202012Validator  # imported on first use: not needed to list the bridge's tools
+    from jsonschema import (
+        Draft202012Validator,  # imported on first use: not needed to list the bridge's tools
+    )
 
     Draft202012Validator.check_schema(cleaned)
     return cleaned
