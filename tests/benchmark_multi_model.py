@@ -50,7 +50,10 @@ from tests.support.bridge import (  # noqa: E402
     write_mcp_json,
 )
 from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest, Turn, call  # noqa: E402
+from tests.support.live_tasks import run_all as live_task_set  # noqa: E402
+from tests.support.live_tasks import summary as live_summary  # noqa: E402
 from tests.support.mcp_servers import entry_config, install_npm_servers, server_script  # noqa: E402
+from tests.support.weak_model_suite import run_suite  # noqa: E402
 from tools.agent import RunResult  # noqa: E402
 from tools.app import AppState, bridge_state  # noqa: E402
 from tools.downstream.discovery import MCPDiscovery  # noqa: E402
@@ -491,6 +494,27 @@ async def bench_live(world: World) -> dict[str, object]:
                 "stop_reason": result.stop_reason,
                 "answer": result.answer[:120],
             }
+    # The fixed live task set (tests/support/live_tasks.py) on the first model: completions and stops.
+    outcomes = await live_task_set(base_url, models[0])
+    done = live_summary(outcomes)
+    figures["task_set"] = {
+        "model": models[0],
+        "completed": f"{done['completed']}/{done['tasks']}",
+        "stop_reasons": done["stop_reasons"],
+        "median_s": value(float(done["median_s"]), "s"),  # type: ignore[arg-type]
+        "assists": done["assists"],
+    }
+    return figures
+
+
+async def bench_weak_models() -> dict[str, object]:
+    """The weak-model suite (tests/support/weak_model_suite.py): completion rate per habit and API path."""
+    report = await run_suite()
+    figures: dict[str, object] = {}
+    for group in ("mode", "api"):
+        for key, (done, runs) in report.rates(group).items():
+            figures[f"{key}_completed_pct"] = value(100 * done / runs, "%")
+    figures["all_completed_pct"] = value(100 * sum(o.success for o in report.outcomes) / len(report.outcomes), "%")
     return figures
 
 
@@ -576,6 +600,7 @@ async def run_all(reps: Reps) -> dict[str, object]:
             sections["loop_overhead"], sections["request_bytes"] = loop, sizes
             sections["concurrency"] = await _section("concurrency", lambda: bench_concurrency(reps, world))
             sections["startup"] = await _section("startup", lambda: bench_startup(reps, fake, world))
+        sections["weak_models"] = await _section("weak_models", bench_weak_models)
         sections["live"] = await _section("live", lambda: bench_live(world))
     return {"environment": environment(), "mode": "quick" if reps is QUICK else "full", "sections": sections}
 

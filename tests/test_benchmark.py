@@ -26,6 +26,8 @@ SECTIONS = {
     "concurrency": {"limit_64_1_tasks_wall_ms", "limit_64_16_tasks_wall_ms", "limit_64_64_tasks_wall_ms",
                     "limit_default_4_64_tasks_wall_ms", "benchmark_peak_rss_mb"},
     "startup": {"start_to_tools_ms", "idle_rss_mb"},
+    "weak_models": {"all_completed_pct", "responses_completed_pct", "chat_completed_pct", "control_completed_pct",
+                    "a_text_completed_pct", "g_prompt_completed_pct"},
 }
 
 
