@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -25,6 +25,24 @@ ApiMode = Literal["auto", "responses", "chat"]
 
 class ConfigError(ValueError):
     """A setting from the environment is invalid; the message names the variable."""
+
+
+class BackendSpec(BaseModel):
+    """One model server of LMSTUDIO_BACKENDS."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+    url: str
+    api_key: SecretStr | None = None
+    max_concurrency: int | None = Field(None, ge=1, le=256)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("url must start with http:// or https://, e.g. http://10.0.0.5:1234")
+        return value.rstrip("/").removesuffix("/v1")
 
 
 class Settings(BaseSettings):
@@ -76,6 +94,12 @@ class Settings(BaseSettings):
         le=256,
         description="Requests in flight per model (more wait in line); unset: the parallel slots LM Studio "
         "reports for the loaded model, else 4.",
+    )
+    lmstudio_backends: Annotated[list[BackendSpec], NoDecode] = Field(
+        default_factory=list,
+        description='JSON list of model servers, e.g. [{"name": "laptop", "url": "http://localhost:1234"}, '
+        '{"name": "gpu", "url": "http://10.0.0.5:1234", "api_key": "...", "max_concurrency": 2}]; unset: the '
+        "one server of LMSTUDIO_BASE_URL (or HOST/PORT), named lmstudio.",
     )
     model_cache_ttl_s: float = Field(60.0, ge=0, le=86400, description="How long the model list is cached.")
     lmstudio_model_ttl_s: int = Field(
@@ -174,16 +198,25 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://, e.g. http://localhost:1234")
         return value.rstrip("/").removesuffix("/v1")
 
-    @field_validator("model_aliases", "mcp_tool_allow", "mcp_tool_deny", mode="before")
+    @field_validator("lmstudio_backends")
     @classmethod
-    def _parse_json(cls, value: Any) -> Any:
+    def _unique_backend_names(cls, value: list[BackendSpec]) -> list[BackendSpec]:
+        names = [spec.name for spec in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"every server needs a name of its own (got {names})")
+        return value
+
+    @field_validator("model_aliases", "mcp_tool_allow", "mcp_tool_deny", "lmstudio_backends", mode="before")
+    @classmethod
+    def _parse_json(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
+            what = "a JSON list of servers" if info.field_name == "lmstudio_backends" else "a JSON object"
             if not value.strip():
-                return {}
+                return [] if info.field_name == "lmstudio_backends" else {}
             try:
                 return json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"must be a JSON object ({exc})") from exc
+                raise ValueError(f"must be {what} ({exc})") from exc
         return value
 
     @property
@@ -200,6 +233,9 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 value = "********" if value.get_secret_value() else ""
+            elif name == "lmstudio_backends":
+                value = [spec.model_dump(exclude_none=True, mode="json") for spec in value]
+                value = [{**spec, "api_key": "********"} if "api_key" in spec else spec for spec in value]
             elif isinstance(value, Path):
                 value = str(value)
             shown[name.upper()] = value
@@ -237,13 +273,24 @@ def load_config(environ: Mapping[str, str] | None = None) -> Settings:
         problems = []
         for error in exc.errors():
             field_name = str(error["loc"][0]) if error["loc"] else ""
-            variable = field_name.upper()
-            bounds = _describe_bounds(field_name) if field_name in Settings.model_fields else ""
+            # Inside a JSON setting, say where: LMSTUDIO_BACKENDS[1].url
+            inner = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"][1:])
+            variable = field_name.upper() + inner
+            bounds = _describe_bounds(field_name) if field_name in Settings.model_fields and not inner else ""
             accepted = f" (accepted: {bounds})" if bounds else ""
             value = error.get("input")
-            shown = "********" if "api_key" in field_name else repr(value)
+            shown = "********" if "api_key" in field_name or "api_key" in inner else repr(_without_keys(value))
             problems.append(f"{variable}={shown} is invalid: {error['msg'].removeprefix('Value error, ')}{accepted}")
         raise ConfigError("Invalid configuration: " + "; ".join(problems)) from None
+
+
+def _without_keys(value: object) -> object:
+    """`value` with every `api_key` masked (a JSON setting's error must not print a secret)."""
+    if isinstance(value, dict):
+        return {k: "********" if k == "api_key" else _without_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_keys(item) for item in value]
+    return value
 
 
 @functools.cache

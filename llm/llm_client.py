@@ -39,7 +39,8 @@ from llm.exceptions import (
     LLMResponseError,
     LLMTimeoutError,
 )
-from llm.models import ModelInfo, ResolvedModel, parse_models
+from llm.listing import ModelInfo, parse_models
+from llm.models import ResolvedModel
 from llm.results import (
     ChatResult,
     CompletionResult,
@@ -71,6 +72,7 @@ class ClientOptions:
     """What the client needs to know about its server and how patient to be."""
 
     base_url: str
+    name: str = "lmstudio"  # the server's name among the bridge's backends (labels its metrics)
     api_key: str | None = None
     connect_timeout_s: float = 5.0
     request_timeout_s: float = 300.0
@@ -131,13 +133,20 @@ class LLMClient:
             exceptions=RETRYABLE_ERRORS,
             # Retrying against an open breaker would only wait to fail the same way.
             should_retry=lambda error: not isinstance(error, CircuitOpenError),
-            on_retry=lambda error, attempt, delay: self.metrics.inc("llm_retries", kind=type(error).__name__),
+            on_retry=lambda error, attempt, delay: self.metrics.inc(
+                "llm_retries", kind=type(error).__name__, server=options.name
+            ),
             sleep=sleep,
         )(self._send_once)
 
     @property
     def base_url(self) -> str:
         return self.options.base_url
+
+    @property
+    def breaker_state(self) -> str:
+        """`closed`, `open` (failing fast after repeated connection failures) or `half_open`."""
+        return self._breaker.state
 
     async def aclose(self) -> None:
         """Close the HTTP client if this client created it."""
@@ -298,7 +307,7 @@ class LLMClient:
             raise CircuitOpenError(self.base_url, exc.retry_after_s) from exc
         request = self._http.build_request(method, self.base_url + path, json=body, headers=self._headers)
         logger.debug("%s %s (model %s, stream %s)", method, path, model, stream)
-        self.metrics.inc("llm_requests", endpoint=path)
+        self.metrics.inc("llm_requests", endpoint=path, server=self.options.name)
         started = time.perf_counter()
         try:
             # The span covers the wait for the response headers (all of it unless streamed).
@@ -309,12 +318,14 @@ class LLMClient:
                 span.set_attribute("http.status_code", response.status_code)
         except httpx.HTTPError as exc:
             error = self._error(exc, path, model)
-            self.metrics.inc("llm_failures", kind=type(error).__name__)
+            self.metrics.inc("llm_failures", kind=type(error).__name__, server=self.options.name)
             if isinstance(error, (LLMConnectionError, LLMTimeoutError)):
                 self._breaker.record_failure()
             raise error from exc
         self._breaker.record_success()
-        self.metrics.observe("llm_request_ms", (time.perf_counter() - started) * 1000, endpoint=path)
+        self.metrics.observe(
+            "llm_request_ms", (time.perf_counter() - started) * 1000, endpoint=path, server=self.options.name
+        )
         if not response.is_error:
             return response
         try:
@@ -324,7 +335,7 @@ class LLMClient:
         finally:
             await response.aclose()
         error = self._error(StatusFailure.from_response(response), path, model)
-        self.metrics.inc("llm_failures", kind=type(error).__name__)
+        self.metrics.inc("llm_failures", kind=type(error).__name__, server=self.options.name)
         raise error
 
     async def _post_parsed(

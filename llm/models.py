@@ -1,41 +1,43 @@
-"""The model catalog: the one place that answers "which model, and what does the server have".
+"""The model catalog: the one place that answers "which model, on which server, loaded how".
 
 Every tool, the agent, the client's queues and `doctor` ask `ModelCatalog`; nothing else decides.
 
-- The list: LM Studio's models from the richest listing it has (0.4 `/api/v1/models`, 0.3
-  `/api/v0/models`, else `/v1/models`), parsed into `ModelInfo` with type, loaded state, loaded
-  and maximum context length, parallel slots and tool-use training. Cached for `ttl_s`; callers
-  arriving during a fetch share it; an unknown name gets one fresh fetch before it is refused.
-- Names: aliases (MODEL_ALIASES), exact then case-insensitive match, a loaded instance (`x:2`) only
-  when the server lists that instance, suggestions for a typo (in `ModelNotFoundError`).
+- The list: every backend's models (`llm.listing.ModelInfo`, each tagged with its `server`), from
+  the richest listing each has, fetched together, cached for `ttl_s`, one shared fetch for
+  concurrent callers; an unknown name gets one fresh fetch before it is refused. A server that
+  cannot be asked is left out (and reported by `health()`); only when none answers is it an error.
+- Names: aliases (MODEL_ALIASES), exact then case-insensitive match, a loaded instance (`x:2`)
+  only when listed, suggestions for a typo (in `ModelNotFoundError`), and `model@server` to pin a
+  call to one server.
+- Routing, first match wins: a server where the model is loaded and has a free slot; one where it
+  is loaded (the call queues there); one that lists it (LM Studio loads it just in time). A server
+  whose breaker is open (repeated connection failures) comes last. `elsewhere()` gives a call the
+  same model on another server when its first one cannot be reached.
 - The default-model policy: a call without `model` uses DEFAULT_MODEL (validated like a named
-  one), else the loaded LLM, else the first LLM listed (LM Studio loads it just in time). Without
-  `model`, an embeddings call uses the first embedding model.
-- Queues: each model id gets one semaphore, sized by LMSTUDIO_MAX_CONCURRENCY, else the parallel
-  slots the server reports for it, else `DEFAULT_CONCURRENCY`; the size is decided from the list
-  the resolution itself read, so it never depends on what happened to be fetched earlier.
+  one), else a loaded LLM, else the first LLM listed. Without `model`, an embeddings call uses the
+  first embedding model.
+- Queues: each (server, model) gets one semaphore, sized by the server's max_concurrency
+  (LMSTUDIO_MAX_CONCURRENCY or its LMSTUDIO_BACKENDS entry), else the parallel slots it reports for
+  the model, else `DEFAULT_CONCURRENCY`.
 
 `resolve()` returns a `ResolvedModel`; the client's generation methods take only that, so a
-request can only ever go out for a model the catalog resolved.
+request can only ever go out for a model the catalog resolved, on the server it chose.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
-from llm.exceptions import (
-    LLMConnectionError,
-    LLMError,
-    ModelNotFoundError,
-    ModelTypeError,
-    NoModelLoadedError,
-)
+from llm.exceptions import LLMConnectionError, LLMError, ModelNotFoundError, ModelTypeError, NoModelLoadedError
+from llm.listing import ModelInfo, matches
+
+if TYPE_CHECKING:
+    from llm.backends import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,8 @@ Purpose = Literal["chat", "embeddings"]
 Source = Literal["requested", "DEFAULT_MODEL", "loaded", "first listed", "first embedding model"]
 
 DEFAULT_CONCURRENCY = 4
-"""Requests in flight per model when neither LMSTUDIO_MAX_CONCURRENCY nor the server says (LM Studio's default)."""
+"""Requests in flight per model when neither the settings nor the server say (LM Studio's default)."""
 
-_INSTANCE_SUFFIX = re.compile(r":\d+$")
 _DEFAULT_NAMES = ("", "default")
 # Which model types each purpose cannot use; a model whose type the server does not say is accepted.
 _WRONG_TYPES: dict[Purpose, frozenset[str]] = {
@@ -55,149 +56,77 @@ _WRONG_TYPES: dict[Purpose, frozenset[str]] = {
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """One model as the server lists it; fields a poorer listing lacks stay None."""
-
-    id: str
-    type: str | None = None  # "llm", "vlm" or "embeddings" (LM Studio 0.4's "embedding" is normalised)
-    state: str | None = None  # "loaded" / "not-loaded" as reported
-    max_context_length: int | None = None
-    loaded_instances: tuple[str, ...] = ()
-    trained_for_tool_use: bool | None = None
-    parallel: int | None = None  # predictions the loaded instances run at once (LM Studio 0.4+)
-    loaded_context_length: int | None = None  # the context it is loaded with: the real budget
-
-    @property
-    def is_embedding(self) -> bool:
-        return self.type == "embeddings"
-
-    @property
-    def is_loaded(self) -> bool:
-        return self.state == "loaded" or bool(self.loaded_instances)
-
-    @property
-    def context_length(self) -> int | None:
-        """The budget a request has: the loaded context when known, else the model's maximum."""
-        return self.loaded_context_length or self.max_context_length
-
-
-@dataclass(frozen=True)
 class ResolvedModel:
-    """A model a call will use: the id to send, why it was chosen, what the server says of it, its queue."""
+    """A model a call will use: the id to send, why it was chosen, what the server says of it, its queue,
+    and the server it runs on (`pinned`: named with `model@server`, so it never moves)."""
 
     id: str
     source: Source
     info: ModelInfo | None
     queue: asyncio.Semaphore = field(compare=False, repr=False)
+    backend: Backend | None = field(default=None, compare=False, repr=False)
+    pinned: bool = False
 
     @property
     def context_length(self) -> int | None:
         return self.info.context_length if self.info is not None else None
 
-
-def parse_models(data: object) -> list[ModelInfo]:
-    """ModelInfos from any of the three listings.
-
-    Raises:
-        ValueError: the body has no list of models.
-    """
-    entries = None
-    if isinstance(data, dict):
-        entries = data.get("models") if isinstance(data.get("models"), list) else data.get("data")
-    if not isinstance(entries, list):
-        raise ValueError("the model listing has no 'models' or 'data' list")
-    return [info for entry in entries if isinstance(entry, dict) and (info := _parse_entry(entry)) is not None]
+    @property
+    def server(self) -> str | None:
+        return self.backend.name if self.backend is not None else None
 
 
-def _parse_entry(entry: dict[str, object]) -> ModelInfo | None:
-    model_id = entry.get("key") or entry.get("id")
-    if not model_id:
-        return None
-    raw_instances = entry.get("loaded_instances")
-    listed = raw_instances if isinstance(raw_instances, list) else []
-    instances = tuple(str(i.get("id") if isinstance(i, dict) else i) for i in listed if i)
-    state = entry.get("state")
-    if state is None and isinstance(raw_instances, list):
-        state = "loaded" if instances else "not-loaded"
-    configs = [i["config"] for i in listed if isinstance(i, dict) and isinstance(i.get("config"), dict)]
-    parallel = sum(c["parallel"] for c in configs if _positive_int(c.get("parallel")))
-    loaded_contexts = [c["context_length"] for c in configs if _positive_int(c.get("context_length"))]
-    loaded_context = min(loaded_contexts) if loaded_contexts else entry.get("loaded_context_length")
-    capabilities = entry.get("capabilities")
-    tool_use = capabilities.get("trained_for_tool_use") if isinstance(capabilities, dict) else None
-    kind = entry.get("type")
-    return ModelInfo(
-        id=str(model_id),
-        type="embeddings" if kind == "embedding" else kind if isinstance(kind, str) else None,
-        state=state if isinstance(state, str) else None,
-        max_context_length=entry["max_context_length"] if _positive_int(entry.get("max_context_length")) else None,
-        loaded_instances=instances,
-        trained_for_tool_use=tool_use if isinstance(tool_use, bool) else None,
-        parallel=parallel or None,
-        loaded_context_length=loaded_context if _positive_int(loaded_context) else None,
-    )
+@dataclass(frozen=True)
+class ServerHealth:
+    """How a server answered its last model listing."""
 
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _match(name: str, infos: Sequence[ModelInfo]) -> tuple[ModelInfo, str] | None:
-    """The model `name` refers to and the id to send for it, or None.
-
-    Exact before case-insensitive; a model id or one of its listed instances. A name with an
-    instance suffix must be a listed instance: "x:2" names the second loaded copy of "x", and a
-    made-up number would get a queue of its own for a copy that does not exist.
-    """
-    candidates = [(info, model_id) for info in infos for model_id in (info.id, *info.loaded_instances)]
-    for key in (str, str.casefold):
-        for info, model_id in candidates:
-            if key(model_id) == key(name):
-                return info, model_id
-    if _INSTANCE_SUFFIX.search(name):
-        return None
-    # A plain name for a model the server lists only by its instance ids ("x:1").
-    for key in (str, str.casefold):
-        for info, model_id in candidates:
-            if key(_INSTANCE_SUFFIX.sub("", model_id)) == key(name):
-                return info, _INSTANCE_SUFFIX.sub("", model_id)
-    return None
+    name: str
+    base_url: str
+    ok: bool
+    models: int
+    latency_ms: float | None
+    error: str | None
 
 
 class ModelCatalog:
-    """The server's models, cached; names resolved and validated; default model; per-model queues."""
+    """Every server's models, cached; names resolved, validated and routed; default model; queues."""
 
     def __init__(
         self,
-        fetch: Callable[[], Awaitable[list[ModelInfo]]],
+        backends: Sequence[Backend],
         *,
-        base_url: str,
         ttl_s: float = 60.0,
         aliases: Mapping[str, str] | None = None,
         default_model: str | None = None,
-        max_concurrency: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._fetch_list = fetch
-        self.base_url = base_url
+        if not backends:
+            raise ValueError("a catalog needs at least one model server")
+        self.backends = list(backends)
+        self._by_name = {backend.name: backend for backend in self.backends}
         self._ttl_s = ttl_s
         self._aliases = dict(aliases or {})
         self.default_model = default_model
-        self._max_concurrency = max_concurrency
         self._clock = clock
         self._infos: list[ModelInfo] | None = None
+        self._health: dict[str, ServerHealth] = {}
         self._fetched_at = 0.0
         self._fetches = 0
         self._inflight: asyncio.Task[list[ModelInfo]] | None = None
-        self._queues: dict[str, asyncio.Semaphore] = {}
+        self._queues: dict[tuple[str, str], asyncio.Semaphore] = {}
+
+    @property
+    def base_url(self) -> str:
+        """The first server's URL (the one server, in the usual set-up)."""
+        return self.backends[0].base_url
 
     # --- the list ------------------------------------------------------------------------------
 
     async def models(self, *, refresh: bool = False) -> list[ModelInfo]:
-        """The server's models: from the cache while it is fresh, else one shared fetch.
+        """Every server's models: from the cache while it is fresh, else one shared fetch.
 
         Raises:
-            LLMConnectionError: the server could not be asked (whatever failed, it is not "model not found").
+            LLMConnectionError: no server could be asked (whatever failed, it is not "model not found").
         """
         if not refresh and self._infos is not None and self._clock() - self._fetched_at < self._ttl_s:
             return self._infos
@@ -207,96 +136,161 @@ class ModelCatalog:
             self._inflight.add_done_callback(lambda task: task.cancelled() or task.exception())
         return await asyncio.shield(self._inflight)
 
+    def health(self) -> list[ServerHealth]:
+        """Each server as its last listing found it (not asked yet: no entry)."""
+        return [self._health[b.name] for b in self.backends if b.name in self._health]
+
     async def _fetch(self) -> list[ModelInfo]:
         self._fetches += 1
-        try:
-            infos = await self._fetch_list()
-        except LLMConnectionError:
-            raise
-        except LLMError as error:
-            raise LLMConnectionError(
-                f"Could not get the model list from {self.base_url}: {error}", error, base_url=self.base_url
-            ) from error
+        answers = await asyncio.gather(*(self._fetch_one(b) for b in self.backends))
+        errors = [error for _, error in answers if error is not None]
+        if len(errors) == len(self.backends):
+            if len(errors) == 1:
+                raise errors[0]
+            listed = "; ".join(f"{b.name} ({b.base_url}): {e}" for b, e in zip(self.backends, errors, strict=True))
+            raise LLMConnectionError(f"No model server could be asked for its models: {listed}", errors[0])
+        infos = [info for listing, _ in answers for info in listing]
         self._infos = infos
         self._fetched_at = self._clock()
-        logger.debug("Model list refreshed: %d models", len(infos))
+        logger.debug("Model list refreshed: %d models from %d server(s)", len(infos), len(self.backends) - len(errors))
         return infos
+
+    async def _fetch_one(self, backend: Backend) -> tuple[list[ModelInfo], LLMConnectionError | None]:
+        started = time.perf_counter()
+        try:
+            infos = await backend.client.list_models()
+        except LLMError as error:
+            failure = error if isinstance(error, LLMConnectionError) else LLMConnectionError(
+                f"Could not get the model list from {backend.base_url}: {error}", error, base_url=backend.base_url
+            )
+            self._health[backend.name] = ServerHealth(backend.name, backend.base_url, False, 0, None, str(failure))
+            if len(self.backends) > 1:
+                logger.warning("model server %r left out: %s", backend.name, failure)
+            return [], failure
+        latency = round((time.perf_counter() - started) * 1000, 1)
+        self._health[backend.name] = ServerHealth(backend.name, backend.base_url, True, len(infos), latency, None)
+        return [replace(info, server=backend.name) for info in infos], None
 
     # --- names ---------------------------------------------------------------------------------
 
-    async def resolve(self, name: str | None, *, purpose: Purpose = "chat") -> ResolvedModel:
-        """The model a call uses: `name` (alias resolved, validated), else the default-model policy.
+    async def resolve(
+        self, name: str | None, *, purpose: Purpose = "chat", exclude: Collection[str] = ()
+    ) -> ResolvedModel:
+        """The model a call uses: `name` (alias resolved, validated, routed), else the default-model policy.
+
+        `exclude`: servers not to route to.
 
         Raises:
             ModelNotFoundError: no such model, even after a fresh look; lists those available.
             ModelTypeError: the model cannot serve `purpose` (e.g. an embedding model asked to chat).
-            NoModelLoadedError: no name, no DEFAULT_MODEL, and the server lists no usable model.
-            LLMConnectionError: the server could not be asked.
+            NoModelLoadedError: no name, no DEFAULT_MODEL, and no server lists a usable model.
+            LLMConnectionError: no server could be asked.
         """
         requested = name.strip() if name is not None else ""
         if requested.lower() not in _DEFAULT_NAMES:
-            return await self._named(requested, "requested", purpose)
+            return await self._named(requested, "requested", purpose, exclude)
         if purpose == "chat" and self.default_model:
-            return await self._named(self.default_model, "DEFAULT_MODEL", purpose)
-        infos = await self.models()
+            return await self._named(self.default_model, "DEFAULT_MODEL", purpose, exclude)
+        infos = [m for m in await self.models() if m.server not in exclude]
         if purpose == "embeddings":
-            embedders = [m for m in infos if m.is_embedding]
+            embedders = self._ordered([(m, m.id) for m in infos if m.is_embedding])
             if not embedders:
                 raise NoModelLoadedError(
                     "No embedding model is available: LM Studio lists none. Download or load one in LM Studio "
                     "(e.g. nomic-embed-text), or name one with `model`.",
                     status_code=0,
                 )
-            return self._resolved(embedders[0], embedders[0].id, "first embedding model")
-        llms = [m for m in infos if not m.is_embedding]
-        loaded = [m for m in llms if m.is_loaded]
-        if loaded:
-            return self._resolved(loaded[0], loaded[0].id, "loaded")
-        if llms:
-            return self._resolved(llms[0], llms[0].id, "first listed")
-        raise NoModelLoadedError(
-            "LM Studio lists no model that can generate text. Download or load one in LM Studio, or set DEFAULT_MODEL.",
-            status_code=0,
-        )
+            return self._resolved(*embedders[0], "first embedding model")
+        llms = self._ordered([(m, m.id) for m in infos if not m.is_embedding])
+        if not llms:
+            raise NoModelLoadedError(
+                "LM Studio lists no model that can generate text. Download or load one in LM Studio, or set "
+                "DEFAULT_MODEL.",
+                status_code=0,
+            )
+        info, model_id = llms[0]
+        return self._resolved(info, model_id, "loaded" if info.is_loaded else "first listed")
 
-    async def _named(self, name: str, source: Source, purpose: Purpose) -> ResolvedModel:
+    async def elsewhere(self, resolved: ResolvedModel, *, purpose: Purpose = "chat") -> ResolvedModel | None:
+        """The same model on another server (for a call whose server cannot be reached), or None."""
+        if resolved.pinned or resolved.server is None or len(self.backends) == 1:
+            return None
+        try:
+            other = await self._named(resolved.id, resolved.source, purpose, {resolved.server})
+        except LLMError:
+            return None
+        return other if other.backend is not None and other.backend.reachable else None
+
+    async def _named(self, name: str, source: Source, purpose: Purpose, exclude: Collection[str]) -> ResolvedModel:
+        name, pinned = self._pinned(name)
         target = self._aliases.get(name, name)
+        allowed = {pinned} if pinned else set(self._by_name) - set(exclude)
         fetches_before = self._fetches
         infos = await self.models()
-        found = _match(target, infos)
-        if found is None and self._fetches == fetches_before:
+        found = [m for m in matches(target, infos) if m[0].server in allowed]
+        if not found and self._fetches == fetches_before:
             logger.debug("Model %r not in the cached list; fetching a fresh one", target)
             infos = await self.models(refresh=True)
-            found = _match(target, infos)
-        if found is None:
+            found = [m for m in matches(target, infos) if m[0].server in allowed]
+        if not found:
             if target != name:
-                logger.warning("Alias %r points to %r, which the server does not offer", name, target)
-            raise ModelNotFoundError(target, [info.id for info in infos])
-        info, model_id = found
+                logger.warning("Alias %r points to %r, which no server offers", name, target)
+            shown = f"{target}@{pinned}" if pinned else target
+            down = [h for h in self.health() if not h.ok and h.name in allowed]
+            if down:
+                # The model may well be on the server that is down: say that, not "not found".
+                servers = ", ".join(f"{h.name} ({h.base_url})" for h in down)
+                raise LLMConnectionError(
+                    f"Model '{shown}' is not on any model server that answered; {servers} could not be asked: "
+                    f"{down[0].error}",
+                    base_url=down[0].base_url,
+                )
+            raise ModelNotFoundError(shown, [self._label(i) for i in infos if not pinned or i.server == pinned])
+        info, model_id = self._ordered(found)[0]
         if info.type in _WRONG_TYPES[purpose]:
             raise ModelTypeError(model_id, str(info.type), purpose)
-        return self._resolved(info, model_id, source)
+        return self._resolved(info, model_id, source, pinned=bool(pinned))
 
-    def _resolved(self, info: ModelInfo, model_id: str, source: Source) -> ResolvedModel:
-        queue = self._queues.get(model_id)
+    def _pinned(self, name: str) -> tuple[str, str | None]:
+        """`model@server` -> (model, server) when `server` is one of the backends' names (model ids may hold `@`)."""
+        model, at, server = name.rpartition("@")
+        if at and model and server in self._by_name:
+            return model, server
+        return name, None
+
+    def _label(self, info: ModelInfo) -> str:
+        return f"{info.id}@{info.server}" if len(self.backends) > 1 and info.server else info.id
+
+    def _ordered(self, found: list[tuple[ModelInfo, str]]) -> list[tuple[ModelInfo, str]]:
+        """Matches in routing order: reachable, loaded with a free slot, loaded, listed; then server order."""
+        order = {b.name: index for index, b in enumerate(self.backends)}
+
+        def rank(item: tuple[ModelInfo, str]) -> tuple[bool, bool, bool, int]:
+            info, model_id = item
+            backend = self._by_name.get(info.server or "", self.backends[0])
+            queue = self._queues.get((backend.name, model_id))
+            busy = queue is not None and queue.locked()
+            return (not backend.reachable, not info.is_loaded, busy, order.get(backend.name, 0))
+
+        return sorted(found, key=rank)
+
+    def _resolved(self, info: ModelInfo, model_id: str, source: Source, *, pinned: bool = False) -> ResolvedModel:
+        backend = self._by_name.get(info.server or "", self.backends[0])
+        key = (backend.name, model_id)
+        queue = self._queues.get(key)
         if queue is None:
-            limit = self._max_concurrency or info.parallel or DEFAULT_CONCURRENCY
-            logger.debug("at most %d requests in flight for %s", limit, model_id)
-            queue = self._queues[model_id] = asyncio.Semaphore(limit)
-        return ResolvedModel(id=model_id, source=source, info=info, queue=queue)
+            limit = backend.max_concurrency or info.parallel or DEFAULT_CONCURRENCY
+            logger.debug("at most %d requests in flight for %s on %s", limit, model_id, backend.name)
+            queue = self._queues[key] = asyncio.Semaphore(limit)
+        return ResolvedModel(id=model_id, source=source, info=info, queue=queue, backend=backend, pinned=pinned)
 
     # --- the plan's names ----------------------------------------------------------------------
 
     async def get_available_models(self, use_cache: bool = True) -> list[str]:
-        """The ids of the server's models (the plan's name)."""
+        """The ids of the servers' models (the plan's name)."""
         return [info.id for info in await self.models(refresh=not use_cache)]
 
     async def validate_model(self, model_name: str | None, *, purpose: Purpose = "chat") -> bool:
         """True when `model_name` can be used for `purpose` (the plan's name; raises as `resolve`)."""
         await self.resolve(model_name, purpose=purpose)
         return True
-
-
-def instance_base(model_id: str) -> str:
-    """The model id without a loaded-instance suffix (`qwen/qwen3-4b:2` -> `qwen/qwen3-4b`)."""
-    return _INSTANCE_SUFFIX.sub("", model_id)

@@ -333,7 +333,7 @@ async def bench_loop(reps: Reps, world: World) -> tuple[dict[str, object], dict[
                 for _ in range(reps.loop_runs):
                     fake.clear()
                     llm_spans, tool_spans = SpanRecorder(), SpanRecorder()
-                    with llm_spans.wrapping(state.llm, "create_response", "chat_completion"), \
+                    with llm_spans.wrapping(state.backends[0].client, "create_response", "chat_completion"), \
                             tool_spans.wrapping(SessionLease, "call_tool"):
                         run_start = time.perf_counter()
                         result = await run_files_task(state, LOOP_ROUNDS)

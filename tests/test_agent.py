@@ -279,7 +279,7 @@ async def test_an_empty_stream_answered_unstreamed_with_tool_calls_stops_streami
         )
         first = await state.agent.run(["time"], "anything")
         second = await state.agent.run(["time"], "anything else")
-        assert state.capabilities.streams_tool_calls is False
+        assert state.backends[0].capabilities.streams_tool_calls is False
     assert (first.answer, second.answer) == ("first run", "second run")
     streamed = [bool(r.body.get("stream")) for r in model_requests(fake)]
     assert streamed == [True, False, False, False]
@@ -293,7 +293,7 @@ async def test_an_empty_stream_that_proves_nothing_leaves_streaming_on(
         fake.set_script([Turn(empty_stream=True), Turn(text="unstreamed answer"), Turn(text="second run")])
         first = await state.agent.run(["time"], "anything")
         second = await state.agent.run(["time"], "anything else")
-        assert state.capabilities.streams_tool_calls is None
+        assert state.backends[0].capabilities.streams_tool_calls is None
     assert first.stop_reason == "completed" and first.answer == "unstreamed answer"
     assert second.answer == "second run"
     streamed = [bool(r.body.get("stream")) for r in model_requests(fake)]

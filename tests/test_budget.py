@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from llm.models import ModelInfo, ResolvedModel
+from llm.listing import ModelInfo
+from llm.models import ResolvedModel
 from tools.agent.budget import DEFAULT_CONTEXT_TOKENS, ContextBudget, default_round_tokens, shape
 
 

@@ -253,3 +253,85 @@ async def test_the_live_task_set_ends_every_task_with_a_clean_stop(live_url: str
     for outcome in outcomes:
         assert outcome.stop_reason in STOP_REASONS, outcome
         assert outcome.seconds < TASK_TIMEOUT_S + 60, outcome
+
+
+# --- two real servers (LMSTUDIO_BACKENDS) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def second_server() -> tuple[str, list[str]]:
+    """The second real server CI runs (.ci/live_server.sh): its URL and models; skips without it."""
+    url = os.environ.get("LIVE_BASE_URL_TWO", "").rstrip("/")
+    models = [m.strip() for m in os.environ.get("LIVE_MODELS_TWO", "").split(",") if m.strip()]
+    if not url or not models:
+        pytest.skip("set LIVE_BASE_URL_TWO and LIVE_MODELS_TWO for the two-server tests (.ci/live_server.sh env)")
+    return url, models
+
+
+def two_server_bridge(first: tuple[str, str], second: tuple[str, str], mcp_json: Path | None = None) -> Client:
+    backends = [{"name": name, "url": url} for name, url in (first, second)]
+    env = bridge_env("http://127.0.0.1:9", mcp_json, LMSTUDIO_BACKENDS=json.dumps(backends), **LIVE_ENV,
+                     LMSTUDIO_RETRY_ATTEMPTS="1")
+    return Client(subprocess_params(env), read_timeout_seconds=180)
+
+
+async def test_one_workflow_uses_a_model_of_each_real_server(
+    live_url: str, live_models: list[str], second_server: tuple[str, list[str]], mcp_json: Path
+) -> None:
+    two_url, two_models = second_server
+    only_one = next(m for m in live_models if m not in two_models)
+    only_two = next(m for m in two_models if m not in live_models)
+    with anyio.fail_after(300):
+        async with two_server_bridge(("one", live_url), ("two", two_url), mcp_json) as client:
+            health = (await client.call_tool("health_check", {})).structured_content
+            listed = (await client.call_tool("list_models", {})).structured_content
+            runs = [
+                await client.call_tool(
+                    "autonomous_with_mcp",
+                    {"mcp_name": "filesystem", "task": "List the files.", "model": model, "max_rounds": 2},
+                )
+                for model in (only_one, only_two)
+            ]
+            stats = (await client.call_tool("bridge_stats", {})).structured_content
+    print(f"\n--- two-server workflow ---\nservers: {health['servers']}")
+    for run in runs:
+        print(transcript(run.structured_content))
+    assert [s["ok"] for s in health["servers"]] == [True, True]
+    assert {(m["id"], m["server"]) for m in listed["models"]} >= {(only_one, "one"), (only_two, "two")}
+    for run, model in zip(runs, (only_one, only_two), strict=True):
+        assert not run.is_error, text_of(run)
+        assert run.structured_content["model"] == model
+        assert run.structured_content["stop_reason"] in STOP_REASONS
+    counters = stats["counters"]
+    assert any(key.endswith("server=one}") for key in counters if key.startswith("llm_requests"))
+    assert any(key.endswith("server=two}") for key in counters if key.startswith("llm_requests"))
+
+
+async def test_stopping_one_real_server_fails_over_or_fails_clearly(
+    live_url: str, live_models: list[str], second_server: tuple[str, list[str]]
+) -> None:
+    two_url, two_models = second_server
+    shared = next(m for m in two_models if m in live_models)
+    only_two = next(m for m in two_models if m not in live_models)
+    script = ROOT / ".ci" / "live_server.sh"
+    try:
+        with anyio.fail_after(300):
+            # The second server first: the shared model goes there until it is stopped.
+            async with two_server_bridge(("two", two_url), ("one", live_url)) as client:
+                await client.call_tool("list_models", {})
+                stopped = subprocess.run([str(script), "stop", "two"], capture_output=True, text=True, timeout=60)
+                assert stopped.returncode == 0, stopped.stderr
+                failed_over = await client.call_tool(
+                    "chat_completion", {"prompt": "Say hi.", "model": shared, "max_tokens": 8}
+                )
+                gone = await client.call_tool("chat_completion", {"prompt": "Say hi.", "model": only_two})
+                health = await client.call_tool("health_check", {})
+    finally:
+        subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600)
+    print(f"\n--- server two stopped ---\nshared: {text_of(failed_over)!r}\nonly on two: {text_of(gone)}\n"
+          f"health: {text_of(health)}")
+    assert not failed_over.is_error, text_of(failed_over)
+    assert failed_over.structured_content["model"] == shared
+    assert gone.is_error and ("two" in text_of(gone) or two_url in text_of(gone))
+    servers = {s["name"]: s["ok"] for s in health.structured_content["servers"]}
+    assert servers == {"two": False, "one": True}

@@ -25,7 +25,8 @@ from llm.exceptions import (
     NoModelLoadedError,
 )
 from llm.llm_client import ClientOptions, LLMClient
-from llm.models import ModelInfo, ResolvedModel
+from llm.listing import ModelInfo
+from llm.models import ResolvedModel
 from llm.results import StreamEvent, ToolCall, Usage
 from utils.error_handling import CircuitBreaker
 

@@ -71,6 +71,7 @@ async def test_list_models_shows_type_state_and_context_length(bridge: Bridge) -
         rows = {row["id"]: row for row in result.structured_content["models"]}
         assert rows["qwen/qwen3-coder-30b"] == {
             "id": "qwen/qwen3-coder-30b",
+            "server": "lmstudio",
             "type": "llm",
             "state": "loaded",
             "max_context_length": 262144,

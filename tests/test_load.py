@@ -90,7 +90,7 @@ async def peak_in_flight(state: AppState, held: HeldAnswers, model: str, request
     """Send `requests` at once, let the loop settle, read how many reached the server, then release them."""
     resolved = await state.catalog.resolve(model)
     calls = [
-        asyncio.create_task(state.llm.chat_completion([{"role": "user", "content": "hi"}], model=resolved))
+        asyncio.create_task(state.backends[0].client.chat_completion([{"role": "user", "content": "hi"}], model=resolved))
         for _ in range(requests)
     ]
     for _ in range(50):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -112,3 +113,14 @@ def test_doctor_lists_the_entries_it_cannot_use_with_why(fake: FakeLMStudio, tmp
     assert result.returncode == 0, result.stdout
     assert "skip  needs-key: MCP server 'needs-key': environment variable LMSB_DOCTOR_UNSET_VARIABLE" in result.stdout
     assert "skip  wrong: MCP server 'wrong': \"args\" must be a list of strings" in result.stdout
+
+
+def test_doctor_checks_every_model_server_and_fails_when_one_is_down(fake: FakeLMStudio) -> None:
+    backends = [{"name": "laptop", "url": fake.url}, {"name": "gpu", "url": "http://127.0.0.1:9"}]
+    env = bridge_env("http://127.0.0.1:9", LMSTUDIO_BACKENDS=json.dumps(backends), LMSTUDIO_RETRY_ATTEMPTS="1")
+    result = run_cli("doctor", env=env)
+    assert result.returncode == 1
+    assert "Model servers (2)" in result.stdout
+    assert f"ok    laptop: reachable at {fake.url}, 3 model(s)" in result.stdout
+    assert "FAIL  gpu: Could not connect to LM Studio at http://127.0.0.1:9" in result.stdout
+    assert "default model: qwen/qwen3-coder-30b on laptop" in result.stdout

@@ -4,6 +4,7 @@ the default-model policy, queue sizes, and parsing the three listings."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 import pytest
 
@@ -15,7 +16,10 @@ from llm.exceptions import (
     ModelTypeError,
     NoModelLoadedError,
 )
-from llm.models import DEFAULT_CONCURRENCY, ModelCatalog, ModelInfo, parse_models
+from llm.backends import Backend
+from llm.capabilities import ServerCapabilities
+from llm.listing import ModelInfo, parse_models
+from llm.models import DEFAULT_CONCURRENCY, ModelCatalog
 
 BASE_URL = "http://localhost:1234"
 
@@ -61,8 +65,26 @@ def client() -> FakeServer:
     return FakeServer(QWEN, CODER, NOMIC)
 
 
-def make_validator(client: FakeServer, clock: FakeClock, **kwargs: object) -> ModelCatalog:
-    return ModelCatalog(client.list_models, base_url=BASE_URL, clock=clock, **kwargs)  # type: ignore[arg-type]
+@dataclass
+class FakeClientOfServer:
+    """What the catalog uses of a backend's client: its listing, its URL, its breaker state."""
+
+    server: FakeServer
+    base_url: str = BASE_URL
+    breaker_state: str = "closed"
+
+    async def list_models(self) -> list[ModelInfo]:
+        return await self.server.list_models()
+
+
+def backend(server: FakeServer, name: str = "lmstudio", *, max_concurrency: int | None = None,
+            url: str = BASE_URL) -> Backend:
+    return Backend(name, FakeClientOfServer(server, url), ServerCapabilities(url), max_concurrency)  # type: ignore[arg-type]
+
+
+def make_validator(client: FakeServer, clock: FakeClock, *, max_concurrency: int | None = None,
+                   **kwargs: object) -> ModelCatalog:
+    return ModelCatalog([backend(client, max_concurrency=max_concurrency)], clock=clock, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_existing_model_is_valid(client: FakeServer, clock: FakeClock) -> None:
@@ -379,3 +401,86 @@ def test_an_openai_listing_gives_ids_only() -> None:
     assert parse_models({"data": [{"id": "x"}, {"object": "model"}]}) == [ModelInfo("x")]
     with pytest.raises(ValueError):
         parse_models({"object": "list"})
+
+
+# --- several servers ---------------------------------------------------------------------------
+
+LAPTOP = FakeServer(ModelInfo("qwen/qwen3-4b", "llm", state="loaded", parallel=1), ModelInfo("small", "llm"))
+GPU = FakeServer(ModelInfo("qwen/qwen3-4b", "llm", state="not-loaded"), ModelInfo("qwen/qwen3-coder-30b", "llm",
+                                                                                  state="loaded"))
+
+
+def two_servers(clock: FakeClock, laptop: FakeServer = LAPTOP, gpu: FakeServer = GPU, **kwargs: object) -> ModelCatalog:
+    return ModelCatalog(
+        [backend(laptop, "laptop", url="http://laptop:1234"), backend(gpu, "gpu", url="http://gpu:1234")],
+        clock=clock,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+async def test_the_lists_of_every_server_are_merged_each_model_tagged_with_its_server(clock: FakeClock) -> None:
+    models = await two_servers(clock).models()
+    assert [(m.id, m.server) for m in models] == [
+        ("qwen/qwen3-4b", "laptop"), ("small", "laptop"), ("qwen/qwen3-4b", "gpu"), ("qwen/qwen3-coder-30b", "gpu"),
+    ]
+
+
+async def test_a_model_goes_to_the_server_that_serves_it(clock: FakeClock) -> None:
+    catalog = two_servers(clock)
+    assert (await catalog.resolve("qwen/qwen3-coder-30b")).server == "gpu"
+    assert (await catalog.resolve("small")).server == "laptop"
+
+
+async def test_a_model_on_two_servers_goes_where_it_is_loaded_and_has_a_free_slot(clock: FakeClock) -> None:
+    catalog = two_servers(clock)
+    first = await catalog.resolve("qwen/qwen3-4b")
+    assert first.server == "laptop"  # loaded there, listed only on the gpu
+    async with first.queue:  # its one slot is taken: still loaded there, so the call queues there
+        assert (await catalog.resolve("qwen/qwen3-4b")).server == "laptop"
+    loaded_both = FakeServer(ModelInfo("qwen/qwen3-4b", "llm", state="loaded"))
+    catalog = two_servers(clock, gpu=loaded_both)
+    first = await catalog.resolve("qwen/qwen3-4b")
+    async with first.queue:  # loaded on both: a busy server gives way to one with a free slot
+        assert (await catalog.resolve("qwen/qwen3-4b")).server == "gpu"
+
+
+async def test_model_at_server_pins_a_call_and_an_unknown_server_part_is_part_of_the_name(clock: FakeClock) -> None:
+    catalog = two_servers(clock)
+    pinned = await catalog.resolve("qwen/qwen3-4b@gpu")
+    assert (pinned.id, pinned.server, pinned.pinned) == ("qwen/qwen3-4b", "gpu", True)
+    with pytest.raises(ModelNotFoundError) as info:
+        await catalog.resolve("small@gpu")
+    assert info.value.model_name == "small@gpu" and "qwen/qwen3-coder-30b@gpu" in info.value.available_models
+    with pytest.raises(ModelNotFoundError):  # "@q4_k_m" names no server: the whole is a model id
+        await catalog.resolve("small@q4_k_m")
+
+
+async def test_a_server_that_cannot_be_asked_is_left_out_and_reported(clock: FakeClock) -> None:
+    down = FakeServer(errors=[LLMConnectionError(base_url="http://gpu:1234")])
+    catalog = two_servers(clock, gpu=down)
+    assert [m.server for m in await catalog.models()] == ["laptop", "laptop"]
+    laptop, gpu = catalog.health()
+    assert laptop.ok and laptop.models == 2
+    assert not gpu.ok and "http://gpu:1234" in (gpu.error or "")
+
+
+async def test_no_server_answering_is_one_error_naming_each(clock: FakeClock) -> None:
+    catalog = two_servers(clock, laptop=FakeServer(errors=[LLMConnectionError(base_url="http://laptop:1234")]),
+                          gpu=FakeServer(errors=[LLMConnectionError(base_url="http://gpu:1234")]))
+    with pytest.raises(LLMConnectionError, match="No model server could be asked.*laptop.*gpu"):
+        await catalog.models()
+
+
+async def test_the_same_model_elsewhere_is_found_for_a_failover_unless_pinned(clock: FakeClock) -> None:
+    catalog = two_servers(clock)
+    first = await catalog.resolve("qwen/qwen3-4b")
+    other = await catalog.elsewhere(first)
+    assert other is not None and other.server == "gpu"
+    assert await catalog.elsewhere(await catalog.resolve("qwen/qwen3-4b@laptop")) is None
+    assert await catalog.elsewhere(await catalog.resolve("small")) is None  # nowhere else
+
+
+async def test_each_server_has_its_own_queue_per_model(clock: FakeClock) -> None:
+    catalog = two_servers(clock)
+    on_laptop, on_gpu = await catalog.resolve("qwen/qwen3-4b@laptop"), await catalog.resolve("qwen/qwen3-4b@gpu")
+    assert on_laptop.queue is not on_gpu.queue

@@ -89,9 +89,9 @@ async def test_bridge_stats_counts_requests_tool_calls_rounds_and_stop_reasons(f
     counters = stats["counters"]
     assert counters["autonomous_runs{stop_reason=completed}"] == 1
     assert counters["tool_calls{ok=true,server=time}"] == 1
-    assert counters["llm_requests{endpoint=/v1/responses}"] == 2
-    assert counters["llm_retries{kind=LLMServerError}"] == 1
-    assert counters["llm_failures{kind=LLMServerError}"] == 1
+    assert counters["llm_requests{endpoint=/v1/responses,server=lmstudio}"] == 2
+    assert counters["llm_retries{kind=LLMServerError,server=lmstudio}"] == 1
+    assert counters["llm_failures{kind=LLMServerError,server=lmstudio}"] == 1
     assert stats["histograms_ms"]["autonomous_rounds"]["count"] == 1
     assert stats["histograms_ms"]["tool_call_ms{server=time}"]["count"] == 1
 

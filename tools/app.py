@@ -4,9 +4,8 @@
 `doctor` reports is what the server sees) and closes them on exit: the downstream MCP sessions,
 then the HTTP client.
 
-    Settings ─► LLMClient (one server's HTTP, retries, breaker)
-             ├► ModelCatalog (which model; queues)          ◄── the client's model listing
-             ├► ServerCapabilities (what the server's API can do)
+    Settings ─► Backend per model server (LLMClient: HTTP, retries, breaker; ServerCapabilities)
+             ├► ModelCatalog (which model, on which server; queues)   ◄── every backend's listing
              ├► MCPDiscovery (.mcp.json) ─► MCPSessionPool (sessions, leases)
              └► DynamicAutonomousAgent (uses all of the above), Metrics
 """
@@ -16,13 +15,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from mcp.server.mcpserver import Context
 
 from config import Settings
-from llm.capabilities import ServerCapabilities
-from llm.llm_client import ClientOptions, LLMClient
+from llm.backends import Backend, ResponseChains, open_backends
 from llm.models import ModelCatalog
 from tools.agent import DynamicAutonomousAgent
 from tools.downstream.discovery import MCPDiscovery
@@ -39,31 +37,30 @@ class AppState:
     """Long-lived parts of the bridge: built on start, closed on exit."""
 
     settings: Settings
-    llm: LLMClient
+    backends: list[Backend]
     catalog: ModelCatalog
-    capabilities: ServerCapabilities
     discovery: MCPDiscovery
     pool: MCPSessionPool
     agent: DynamicAutonomousAgent
     metrics: Metrics
+    responses: ResponseChains = field(default_factory=ResponseChains)
 
 
 @asynccontextmanager
 async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
     """Build the bridge's long-lived parts, and close them all (MCP sessions, HTTP client) on exit."""
     register_secret(settings.lmstudio_api_key.get_secret_value() if settings.lmstudio_api_key else None)
+    for spec in settings.lmstudio_backends:
+        register_secret(spec.api_key.get_secret_value() if spec.api_key else None)
     async with AsyncExitStack() as stack:
         metrics = Metrics()
-        llm = await stack.enter_async_context(LLMClient(ClientOptions.from_settings(settings), metrics=metrics))
+        backends = await open_backends(settings, metrics, stack)
         catalog = ModelCatalog(
-            llm.list_models,
-            base_url=llm.base_url,
+            backends,
             ttl_s=settings.model_cache_ttl_s,
             aliases=settings.model_aliases,
             default_model=settings.default_model,
-            max_concurrency=settings.lmstudio_max_concurrency,
         )
-        capabilities = ServerCapabilities(llm.base_url, settings.lmstudio_api_mode)
         discovery = MCPDiscovery(settings.mcp_json_path)
         pool = await stack.enter_async_context(
             MCPSessionPool(
@@ -73,20 +70,17 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
             )
         )
         agent = DynamicAutonomousAgent(
-            settings=settings,
-            llm=llm,
-            catalog=catalog,
-            capabilities=capabilities,
-            discovery=discovery,
-            pool=pool,
-            metrics=metrics,
+            settings=settings, catalog=catalog, discovery=discovery, pool=pool, metrics=metrics
         )
-        logger.info("bridge %s ready; LM Studio at %s", __version__, llm.base_url)
+        if len(backends) == 1:
+            logger.info("bridge %s ready; LM Studio at %s", __version__, backends[0].base_url)
+        else:
+            servers = ", ".join(f"{b.name} at {b.base_url}" for b in backends)
+            logger.info("bridge %s ready; model servers: %s", __version__, servers)
         yield AppState(
             settings=settings,
-            llm=llm,
+            backends=backends,
             catalog=catalog,
-            capabilities=capabilities,
             discovery=discovery,
             pool=pool,
             agent=agent,

@@ -62,8 +62,18 @@ def register_bridge_tools(mcp: MCPServer[AppState]) -> None:
     @mcp.tool(annotations=_READ_ONLY)
     @reports_errors
     async def bridge_stats(ctx: Context) -> CallToolResult:
-        """Counters and latency summaries of this bridge since it started (LLM requests, tool calls, runs),
-        and what it has learned about the model server's API."""
+        """Counters and latency summaries of this bridge since it started (LLM requests per server, tool calls,
+        runs), and what it has learned about each model server's API."""
         state = app_state(ctx)
-        snapshot = {**state.metrics.snapshot(), "model_server": state.capabilities.describe()}
+        health = {h.name: h for h in state.catalog.health()}
+        servers = [
+            {
+                "name": b.name,
+                **b.capabilities.describe(),
+                "breaker": b.client.breaker_state,
+                "last_listing_ok": health[b.name].ok if b.name in health else None,
+            }
+            for b in state.backends
+        ]
+        snapshot = {**state.metrics.snapshot(), "model_servers": servers}
         return success(as_json(snapshot), snapshot)

@@ -38,16 +38,26 @@ async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) ->
 
 async def _check_model_server(state: AppState, say: Callable[[str], None]) -> bool:
     catalog = state.catalog
-    say("LM Studio")
+    several = len(state.backends) > 1
+    say("LM Studio" if not several else f"Model servers ({len(state.backends)})")
     try:
         models = await catalog.models(refresh=True)
     except LLMError as exc:
         say(f"  FAIL  {exc}")
         return False
-    say(f"  ok    reachable at {catalog.base_url}, {len(models)} model(s)")
-    for m in models:
-        context = f", context {m.max_context_length}" if m.max_context_length else ""
-        say(f"        - {m.id} [{m.type or 'type ?'}, {m.state or 'state ?'}{context}]")
+    healthy = True
+    for health in catalog.health():
+        label = f"{health.name}: " if several else ""
+        if not health.ok:
+            say(f"  FAIL  {label}{health.error}")
+            healthy = False
+            continue
+        say(f"  ok    {label}reachable at {health.base_url}, {health.models} model(s)")
+        for m in models:
+            if m.server != health.name:
+                continue
+            context = f", context {m.max_context_length}" if m.max_context_length else ""
+            say(f"        - {m.id} [{m.type or 'type ?'}, {m.state or 'state ?'}{context}]")
     if not models:
         say("  FAIL  no models: download one in LM Studio (or load one with `lms load`)")
         return False
@@ -56,8 +66,9 @@ async def _check_model_server(state: AppState, say: Callable[[str], None]) -> bo
     except LLMError as exc:
         say(f"  FAIL  default model: {exc}")
         return False
-    say(f"  ok    default model: {default.id} ({default.source})")
-    return True
+    where = f" on {default.server}" if several else ""
+    say(f"  ok    default model: {default.id}{where} ({default.source})")
+    return healthy
 
 
 async def _check_mcp_servers(state: AppState, start_servers: bool, say: Callable[[str], None]) -> None:

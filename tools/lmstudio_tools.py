@@ -15,9 +15,12 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from llm.models import ModelInfo
+from llm.backends import with_failover
+from llm.listing import ModelInfo
+from llm.llm_client import LLMClient
+from llm.models import ResolvedModel
 from llm.reasoning import split_reasoning
-from llm.results import StreamEvent, Usage
+from llm.results import ChatResult, CompletionResult, EmbeddingsResult, StreamEvent, Usage
 from tools.app import AppState, app_state
 from tools.progress import ProgressReporter
 from tools.results import as_json, reports_errors, success
@@ -49,11 +52,20 @@ _SOURCES = {
 def _model_row(info: ModelInfo) -> dict[str, object]:
     return {
         "id": info.id,
+        "server": info.server,
         "type": info.type,
         "state": info.state,
         "max_context_length": info.max_context_length,
         "trained_for_tool_use": info.trained_for_tool_use,
     }
+
+
+def _server_rows(state: AppState) -> list[dict[str, object]]:
+    return [
+        {"name": h.name, "base_url": h.base_url, "ok": h.ok, "models": h.models, "latency_ms": h.latency_ms,
+         "error": h.error}
+        for h in state.catalog.health()
+    ]
 
 
 def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
@@ -62,31 +74,41 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     @mcp.tool(annotations=_READ_ONLY)
     @reports_errors
     async def health_check(ctx: Context) -> CallToolResult:
-        """Check that LM Studio's server answers, and how many models it offers and has loaded."""
+        """Check that LM Studio's server (each model server) answers, and how many models it offers and has loaded."""
         state = app_state(ctx)
         started = time.perf_counter()
         models = await state.catalog.models(refresh=True)
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         loaded = [m.id for m in models if m.is_loaded]
-        text = f"LM Studio is reachable at {state.llm.base_url} ({latency_ms} ms): {len(models)} models"
+        servers = _server_rows(state)
+        if len(servers) == 1:
+            text = f"LM Studio is reachable at {state.catalog.base_url} ({latency_ms} ms): {len(models)} models"
+        else:
+            up = [s for s in servers if s["ok"]]
+            text = f"{len(up)} of {len(servers)} model servers reachable ({latency_ms} ms): {len(models)} models"
+            text += "".join(
+                f"; {s['name']} ({s['base_url']}): " + (f"{s['models']} models" if s["ok"] else f"DOWN: {s['error']}")
+                for s in servers
+            )
         text += f", loaded: {', '.join(loaded)}" if loaded else " (loaded state not reported or none loaded)"
         return success(
             text,
             {
                 "ok": True,
-                "base_url": state.llm.base_url,
+                "base_url": state.catalog.base_url,
                 "latency_ms": latency_ms,
                 "models": len(models),
                 "loaded": loaded,
+                "servers": servers,
             },
         )
 
     @mcp.tool(annotations=_READ_ONLY)
     @reports_errors
     async def list_models(ctx: Context) -> CallToolResult:
-        """List the models LM Studio offers: id, type (llm, vlm, embeddings), loaded state, context length.
+        """List the models LM Studio offers: id, server, type (llm, vlm, embeddings), loaded state, context length.
 
-        Use an id from here as the `model` of any other tool.
+        Use an id from here as the `model` of any other tool (`id@server` to pin one of several servers).
         """
         models = await app_state(ctx).catalog.models(refresh=True)
         rows = [_model_row(m) for m in models]
@@ -120,17 +142,20 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CallToolResult:
         """Ask a local model one question and get its answer (reasoning kept out of the answer)."""
         state = app_state(ctx)
-        resolved = await state.catalog.resolve(model)
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": prompt})
         progress = ProgressReporter(ctx)
 
-        async def on_event(event: StreamEvent) -> None:
-            await progress.report(f"{resolved.id}: generating ({event.chars_so_far} chars)")
+        async def ask(resolved: ResolvedModel) -> tuple[ResolvedModel, ChatResult]:
+            async def on_event(event: StreamEvent) -> None:
+                await progress.report(f"{resolved.id}: generating ({event.chars_so_far} chars)")
 
-        result = await state.llm.chat_completion(
-            messages, model=resolved, temperature=temperature, max_tokens=max_tokens, stream=True, on_event=on_event
-        )
+            return resolved, await _client(resolved).chat_completion(
+                messages, model=resolved, temperature=temperature, max_tokens=max_tokens, stream=True,
+                on_event=on_event,
+            )
+
+        resolved, result = await with_failover(state.catalog, model, ask)
         answer, inline_reasoning = split_reasoning(result.content)
         reasoning = _joined(result.reasoning, inline_reasoning)
         return success(
@@ -158,10 +183,13 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CallToolResult:
         """Continue raw text with a local model (no chat template)."""
         state = app_state(ctx)
-        resolved = await state.catalog.resolve(model)
-        result = await state.llm.text_completion(
-            prompt, model=resolved, temperature=temperature, max_tokens=max_tokens, stop=stop
-        )
+
+        async def complete(resolved: ResolvedModel) -> tuple[ResolvedModel, CompletionResult]:
+            return resolved, await _client(resolved).text_completion(
+                prompt, model=resolved, temperature=temperature, max_tokens=max_tokens, stop=stop
+            )
+
+        resolved, result = await with_failover(state.catalog, model, complete)
         return success(
             result.text,
             {
@@ -191,8 +219,11 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CallToolResult:
         """Turn text into embedding vectors with a local embedding model."""
         state = app_state(ctx)
-        resolved = await state.catalog.resolve(model, purpose="embeddings")
-        result = await state.llm.generate_embeddings(text, model=resolved)
+
+        async def embed(resolved: ResolvedModel) -> tuple[ResolvedModel, EmbeddingsResult]:
+            return resolved, await _client(resolved).generate_embeddings(text, model=resolved)
+
+        resolved, result = await with_failover(state.catalog, model, embed, purpose="embeddings")
         dims = len(result.embeddings[0]) if result.embeddings else 0
         used = result.model or resolved.id
         return success(
@@ -216,8 +247,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
     ) -> CallToolResult:
         """Stateful conversation through LM Studio's /v1/responses: pass the returned response_id to continue."""
         state = app_state(ctx)
-        resolved = await state.catalog.resolve(model)
-        result = await state.llm.create_response(
+        # A response chain lives on the server that stored it: a continuation goes back there.
+        name = state.responses.pinned_name(previous_response_id, model) if len(state.backends) > 1 else model
+        resolved = await state.catalog.resolve(name)
+        result = await _client(resolved).create_response(
             input,
             model=resolved,
             previous_response_id=previous_response_id,
@@ -225,6 +258,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
             temperature=temperature,
             max_output_tokens=max_output_tokens,
         )
+        state.responses.remember(result.id, resolved)
         answer, inline_reasoning = split_reasoning(result.text)
         reasoning = _joined(result.reasoning, inline_reasoning)
         return success(
@@ -237,6 +271,11 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
                 "usage": _usage(result.usage),
             },
         )
+
+
+def _client(resolved: ResolvedModel) -> LLMClient:
+    assert resolved.backend is not None, "the catalog always routes a model to a server"
+    return resolved.backend.client
 
 
 def _usage(usage: Usage | None) -> dict[str, int | None] | None:

@@ -22,9 +22,7 @@ import anyio
 from mcp.types import Tool
 
 from config import Settings
-from llm.capabilities import ServerCapabilities
 from llm.exceptions import LLMError
-from llm.llm_client import LLMClient
 from llm.models import ModelCatalog
 from tools.agent.budget import ContextBudget
 from tools.agent.context import ContextKeeper
@@ -58,17 +56,13 @@ class DynamicAutonomousAgent:
         self,
         *,
         settings: Settings,
-        llm: LLMClient,
         catalog: ModelCatalog,
-        capabilities: ServerCapabilities,
         discovery: MCPDiscovery,
         pool: MCPSessionPool,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.llm = llm
         self.catalog = catalog
-        self.capabilities = capabilities
         self.discovery = discovery
         self.pool = pool
         self.metrics = metrics or Metrics()
@@ -182,9 +176,12 @@ class DynamicAutonomousAgent:
                     *hooks,
                 ]
             )
+            # A run stays on the server it started on: a response chain lives on one server.
+            backend = resolved.backend
+            assert backend is not None, "the catalog always routes a model to a server"
             runner = Runner(
-                llm=self.llm,
-                capabilities=self.capabilities,
+                llm=backend.client,
+                capabilities=backend.capabilities,
                 executor=ToolExecutor(
                     leases, hook_set, output_max_chars=self.settings.tool_output_max_chars, offer=offer
                 ),
