@@ -315,17 +315,23 @@ async def test_rate_limiting_is_retried_and_when_it_persists_says_so(fake: FakeL
     assert text_of(again) == "Fine again."
 
 
-async def test_a_read_timeout_names_the_setting_to_raise_and_the_next_call_works(fake: FakeLMStudio) -> None:
-    settings = bridge_settings(fake.url, LMSTUDIO_REQUEST_TIMEOUT_S="0.5", LMSTUDIO_RETRY_ATTEMPTS="1")
+async def test_a_read_timeout_is_not_retried_names_the_setting_to_raise_and_the_next_call_works(
+    fake: FakeLMStudio,
+) -> None:
+    # Three attempts allowed: a generation that timed out is still not sent again (the server would
+    # go on generating the first one, and the second would wait behind it).
+    settings = bridge_settings(fake.url, LMSTUDIO_REQUEST_TIMEOUT_S="0.5", LMSTUDIO_RETRY_ATTEMPTS="3")
     async with in_process_bridge(settings) as client:
-        fake.set_script([Turn(text="too late", delay_s=1.5)])
+        fake.set_script([Turn(text="too late", delay_s=1.5), Turn(text="a retry would get this")])
         slow = await chat(client)
+        attempts = len(fake.generation_requests())
         fake.set_script([Turn(text="In time.")])
         again = await chat(client)
     assert error_text(slow) == (
         f"Error: LM Studio did not answer {fake.url}/v1/chat/completions within 0.5 s (ReadTimeout). "
         "A big model or a long prompt can need more: raise LMSTUDIO_REQUEST_TIMEOUT_S."
     )
+    assert attempts == 1
     assert text_of(again) == "In time."
 
 
@@ -377,6 +383,33 @@ async def test_an_answer_that_is_not_json_is_reported_as_such(mock: respx.MockRo
         f"Error: LM Studio's answer from {MOCK_URL}/v1/completions was not valid JSON (Expecting value"
     )
     assert text_of(again) == " pass"
+
+
+async def test_a_web_page_instead_of_lm_studio_is_named_by_its_title_and_the_url_questioned(
+    mock: respx.MockRouter,
+) -> None:
+    page = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head><body>" + "<p>x</p>" * 500 + "</body></html>"
+    bad_gateway = "<html><head><title>502 Bad Gateway</title></head><body>" + "<hr>nginx" * 200 + "</body></html>"
+    for route in ("/api/v1/models", "/api/v0/models", "/v1/models"):
+        mock.get(route).respond(200, text=page, headers={"Content-Type": "text/html"})
+    mock.post("/v1/chat/completions").respond(502, text=bad_gateway, headers={"Content-Type": "text/html"})
+    settings = bridge_settings(MOCK_URL, DEFAULT_MODEL="qwen/qwen3-coder-30b", LMSTUDIO_RETRY_ATTEMPTS="1")
+    async with in_process_bridge(settings) as client:
+        health = error_text(await client.call_tool("health_check", {}))
+        mock.get("/api/v1/models").respond(404, json={"error": "Unexpected endpoint or method."})
+        mock.get("/api/v0/models").respond(json=MOCK_MODELS)
+        proxied = error_text(await chat(client))
+    question = (
+        f"{MOCK_URL} LM Studio's server? Check LMSTUDIO_BASE_URL (`curl {MOCK_URL}/v1/models` should list your models)"
+    )
+    assert health == (
+        f"Error: Could not get the model list from {MOCK_URL}: LM Studio's answer from {MOCK_URL}/v1/models was not "
+        f'valid JSON (Expecting value: line 1 column 1 (char 0)): an HTML page ("Welcome to nginx!"). Is {question}.'
+    )
+    assert proxied == (
+        f'Error: LM Studio failed internally (502) on /v1/chat/completions: an HTML page ("502 Bad Gateway"); is '
+        f"{question}. Check its server log; retrying may help."
+    )
 
 
 async def test_a_stream_event_that_is_not_json_is_reported_as_such(mock: respx.MockRouter) -> None:
