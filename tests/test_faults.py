@@ -613,6 +613,23 @@ async def test_a_slow_starting_server_is_bounded_by_the_start_timeout_not_the_to
     assert tool_outputs(model_requests(fake)[1]) == ["up"]
 
 
+async def test_a_server_whose_first_stdout_line_is_not_utf8_starts_and_answers(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    # A banner in a legacy encoding before the first JSON-RPC message: read as a bad line and skipped,
+    # not a reader that dies and leaves the start to time out.
+    banner = "import os, runpy; os.write(1, b'\\xff\\xfe Gr\\xfc\\xdfe\\n'); "
+    code = banner + "runpy.run_module('tests.support.toy_server', run_name='__main__')"
+    entry = {**toy(marker), "args": ["-c", code, marker]}
+    fake.set_script([Turn(tool_calls=[call("echo", text="through")]), Turn(text="Started despite the banner.")])
+    settings = bridge_settings(fake.url, config(tmp_path, marker, latin1=entry), MCP_START_TIMEOUT_S="10")
+    with anyio.fail_after(30):
+        async with in_process_bridge(settings) as client:
+            result = await run(client, "latin1")
+    assert text_of(result) == "Started despite the banner.", text_of(result)
+    assert tool_outputs(model_requests(fake)[1]) == ["through"]
+
+
 async def test_a_server_crashing_mid_call_goes_back_to_the_model_and_restarts_for_the_next_call(
     fake: FakeLMStudio, tmp_path: Path, marker: str
 ) -> None:
@@ -661,6 +678,33 @@ async def test_a_tool_error_result_goes_back_to_the_model_as_its_output(
     ]
     assert text_of(result) == "The tool refused."
     assert result.structured_content["tool_calls"][0]["ok"] is False
+
+
+async def test_json_rpc_errors_the_server_sends_reach_the_model_and_its_session_stays_in_use(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    # -32000 and -32001 are also the codes the MCP SDK raises itself for a closed connection and a
+    # timeout: sent by a live server at once, they are neither.
+    fake.set_script([
+        Turn(tool_calls=[call("pid")]),
+        Turn(tool_calls=[call("rpc_error", code=-32000, message="database is locked")]),
+        Turn(tool_calls=[call("rpc_error", code=-32001, message="upstream took too long")]),
+        Turn(tool_calls=[call("rpc_error", code=-32602, message="unknown field 'x'")]),
+        Turn(tool_calls=[call("pid")]),
+        Turn(text="Same process throughout."),
+    ])
+    with anyio.fail_after(60):
+        async with in_process_bridge(bridge_settings(fake.url, config(tmp_path, marker))) as client:
+            result = await run(client)
+    outputs = [tool_outputs(request) for request in model_requests(fake)[1:]]
+    failed = "Error: Calling tool 'rpc_error' of MCP server 'toy' failed: the server answered with JSON-RPC error"
+    assert outputs[1:4] == [
+        [f"{failed} -32000: database is locked. The server is still running: retry, or try another way."],
+        [f"{failed} -32001: upstream took too long. The server is still running: retry, or try another way."],
+        [f"{failed} -32602: unknown field 'x'. Check the tool name and arguments against the server's tool list."],
+    ]
+    assert outputs[4] == outputs[0], "the server's own errors must not cost it its session"
+    assert text_of(result) == "Same process throughout."
 
 
 async def test_a_5_mb_tool_result_is_truncated_and_memory_stays_bounded(
