@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,7 +34,13 @@ Every model-running tool takes an optional `model` (see list_models); leave it o
 
 
 class BridgeServer(MCPServer[AppState]):
-    """The SDK's server, with argument errors worded for the caller: `Error: invalid arguments ...`."""
+    """The SDK's server, with every refusal worded for the caller (`Error: invalid arguments ...`,
+    `Error: Unknown tool: ...`) and tool descriptions sent without the docstrings' indentation."""
+
+    def add_tool(self, fn: Callable[..., Any], *args: Any, description: str | None = None, **kwargs: Any) -> None:
+        if description is None:
+            description = inspect.cleandoc(fn.__doc__ or "")
+        super().add_tool(fn, *args, description=description, **kwargs)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
@@ -43,7 +50,14 @@ class BridgeServer(MCPServer[AppState]):
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(describe_invalid_arguments(name, exc.__cause__)) from exc.__cause__
-            raise
+            if str(exc).startswith("Error:"):
+                raise
+            # The SDK's own refusals ("Unknown tool: x") get the prefix every other failure has.
+            message = f"Error: {exc}."
+            if self._tool_manager.get_tool(name) is None:
+                names = sorted(tool.name for tool in self._tool_manager.list_tools())
+                message += f" This server's tools: {', '.join(names)}."
+            raise ToolError(message) from exc
 
 
 def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
