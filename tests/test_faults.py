@@ -800,6 +800,28 @@ async def test_malformed_json_names_file_and_line_and_later_breakage_keeps_the_l
     )
 
 
+async def test_a_config_nested_too_deeply_is_a_config_error_and_clears_once_fixed(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    mcp_json = config(tmp_path, marker)
+    fake.set_script([Turn(text="Last good config.")])
+    async with in_process_bridge(bridge_settings(fake.url, mcp_json)) as client:
+        await client.call_tool("list_available_mcps", {})
+        mcp_json.write_text("[" * 200_000)
+        broken = await client.call_tool("list_available_mcps", {})
+        kept = await run(client)
+        config(tmp_path, marker, other=toy(marker))
+        fixed = await client.call_tool("list_available_mcps", {})
+    expected = (
+        f"{mcp_json}: invalid JSON: its arrays or objects are nested too deeply to be read. Fix the file; until then "
+        "the last good config stays in use (servers: toy)."
+    )
+    assert not broken.is_error and broken.structured_content["config_error"] == expected
+    assert text_of(kept) == "Last good config." and kept.structured_content["notes"] == [expected]
+    assert fixed.structured_content["config_error"] is None
+    assert [row["name"] for row in fixed.structured_content["servers"]] == ["other", "toy"]
+
+
 async def test_config_entry_faults_each_name_the_server_and_what_to_fix(
     fake: FakeLMStudio, tmp_path: Path, marker: str
 ) -> None:
