@@ -52,9 +52,9 @@ def cli(argv: list[str] | None = None) -> int:
 
         return asyncio.run(run_doctor(settings, start_servers=args.servers, out=sys.stdout))
 
-    from tools.server import create_server, serve_stdio
+    from tools.server import create_server, serve_until_client_leaves
 
-    anyio.run(serve_stdio, create_server(settings))
+    anyio.run(serve_until_client_leaves, create_server(settings))
     return 0
 
 

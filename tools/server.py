@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -122,3 +123,28 @@ async def serve_stdio(mcp: MCPServer[AppState]) -> None:
         tg.start_soon(stop_on_signal)
         await mcp.run_stdio_async()
         tg.cancel_scope.cancel()
+
+
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, anyio.ClosedResourceError, anyio.BrokenResourceError)
+
+
+async def serve_until_client_leaves(mcp: MCPServer[AppState]) -> None:
+    """`serve_stdio`, where a client that goes away mid-call ends the bridge like a stdin close: quietly.
+
+    A client that quits (Claude Desktop closing, a killed `claude`) closes the bridge's pipes while
+    a call may still be answering: writing that answer fails with a broken pipe, inside the SDK's
+    task groups. By then the lifespan has already closed every downstream server (its exit runs
+    while the error unwinds), so nothing is left to do but say so in one log line; anything else in
+    the group is a real failure and propagates.
+    """
+    try:
+        await serve_stdio(mcp)
+    except BaseExceptionGroup as group:
+        _, others = group.split(_CLIENT_GONE)
+        if others is not None:
+            raise others from group
+        logger.info("the client went away (its pipes closed) while a call was answering; shutting down")
+        # Python flushes stdout once more on exit: point it at nothing rather than at the broken pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
