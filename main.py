@@ -45,12 +45,13 @@ def cli(argv: list[str] | None = None) -> int:
 
     from utils.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
-
     if args.command == "doctor":
-        from tools.doctor import run_doctor
+        from tools.doctor import log_level, run_doctor
 
+        configure_logging(log_level(settings), settings.log_format)
         return asyncio.run(run_doctor(settings, start_servers=args.servers, out=sys.stdout))
+
+    configure_logging(settings.log_level, settings.log_format)
 
     from tools.server import create_server, serve_until_client_leaves
 

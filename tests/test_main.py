@@ -112,3 +112,14 @@ def test_doctor_lists_the_entries_it_cannot_use_with_why(fake: FakeLMStudio, tmp
     assert result.returncode == 0, result.stdout
     assert "skip  needs-key: MCP server 'needs-key': environment variable LMSB_DOCTOR_UNSET_VARIABLE" in result.stdout
     assert "skip  wrong: MCP server 'wrong': \"args\" must be a list of strings" in result.stdout
+
+
+def test_doctor_prints_only_its_report_unless_log_level_asks_for_more(fake: FakeLMStudio) -> None:
+    quiet = run_cli("doctor", env=bridge_env(fake.url))
+    retrying = run_cli("doctor", env=bridge_env("http://127.0.0.1:9", LMSTUDIO_RETRY_ATTEMPTS="2"))
+    chatty = run_cli("doctor", env=bridge_env(fake.url, LOG_LEVEL="info"))
+    assert quiet.returncode == 0 and "Result: OK" in quiet.stdout
+    assert quiet.stderr == "", quiet.stderr
+    assert retrying.returncode == 1 and retrying.stderr == "", retrying.stderr
+    assert "ready; LM Studio at" in chatty.stderr
+    assert "Result: OK" in chatty.stdout and "ready" not in chatty.stdout
