@@ -140,9 +140,8 @@ async def serve_until_client_leaves(mcp: MCPServer[AppState]) -> None:
     try:
         await serve_stdio(mcp)
     except BaseExceptionGroup as group:
-        _, others = group.split(_CLIENT_GONE)
-        if others is not None:
-            raise others from group
+        if group.split(_CLIENT_GONE)[1] is not None:
+            raise
         logger.info("the client went away (its pipes closed) while a call was answering; shutting down")
         # Python flushes stdout once more on exit: point it at nothing rather than at the broken pipe.
         devnull = os.open(os.devnull, os.O_WRONLY)
