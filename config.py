@@ -179,6 +179,12 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("log_format", "lmstudio_api_mode", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: Any) -> Any:
+        # Like LOG_LEVEL, any case: LOG_FORMAT=JSON means json.
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator(
         "lmstudio_base_url", "default_model", "lmstudio_api_key", "mcp_json_path", "lmstudio_max_concurrency",
         "model_context_tokens",

@@ -45,16 +45,17 @@ def cli(argv: list[str] | None = None) -> int:
 
     from utils.logging import configure_logging
 
-    configure_logging(settings.log_level, settings.log_format)
-
     if args.command == "doctor":
-        from tools.doctor import run_doctor
+        from tools.doctor import log_level, run_doctor
 
+        configure_logging(log_level(settings), settings.log_format)
         return asyncio.run(run_doctor(settings, start_servers=args.servers, out=sys.stdout))
 
-    from tools.server import create_server, serve_stdio
+    configure_logging(settings.log_level, settings.log_format)
 
-    anyio.run(serve_stdio, create_server(settings))
+    from tools.server import create_server, serve_until_client_leaves
+
+    anyio.run(serve_until_client_leaves, create_server(settings))
     return 0
 
 

@@ -68,6 +68,23 @@ class ServerCapabilities:
             logger.info("%s does not stream tool calls: asking unstreamed from now on", self.base_url)
         self.streams_tool_calls = False
 
+    def summary(self) -> str:
+        """Which API autonomous runs use, and how that is decided, in one line for a human (`doctor`)."""
+        if self.api_mode != "auto":
+            return f"{self._route(self.conversation_api)} (LMSTUDIO_API_MODE={self.api_mode})"
+        if self.responses_api is None:
+            return (
+                "/v1/responses if the server has it (LM Studio 0.3.29+), else /v1/chat/completions: "
+                "found out on the first autonomous run (bridge_stats then shows it)"
+            )
+        if self.responses_api:
+            return "/v1/responses (the server has it)"
+        return "/v1/chat/completions (the server has no /v1/responses)"
+
+    @staticmethod
+    def _route(api: ApiKind) -> str:
+        return "/v1/responses" if api == "responses" else "/v1/chat/completions"
+
     def describe(self) -> dict[str, object]:
         """What is known, for `doctor` and `bridge_stats`."""
         return {
@@ -75,5 +92,5 @@ class ServerCapabilities:
             "api_mode": self.api_mode,
             "responses_api": self.responses_api,
             "streams_tool_calls": self.streams_tool_calls,
-            "autonomous_runs_use": "/v1/responses" if self.conversation_api == "responses" else "/v1/chat/completions",
+            "autonomous_runs_use": self._route(self.conversation_api),
         }

@@ -5,6 +5,8 @@
     what happened                                              raised
     httpx.TimeoutException (connect, read, write, pool)        LLMTimeoutError (names the setting to raise)
     httpx.NetworkError / RemoteProtocolError                   LLMConnectionError(base_url=...)
+      ... on a reused keep-alive connection, before any answer StaleConnectionError (the client sends the
+          (`reused_connection`: the server closed it while idle)  request once more on a new connection)
       ... after the stream had started (`mid_stream`)          LLMConnectionError ("cut off mid-answer")
     other httpx.HTTPError                                      LLMResponseError
     StatusFailure 429                                          LLMRateLimitError(.retry_after_s from Retry-After)
@@ -18,11 +20,17 @@
     StatusFailure 200 with another message                     LLMResponseError
     StatusFailure 5xx                                          LLMServerError
     StatusFailure other 4xx                                    LLMStatusError(.status_code, .body)
-    ValueError (not JSON, wrong shape)                         LLMResponseError
+    ValueError (not JSON, wrong shape)                         LLMResponseError (asks "is this LM Studio?")
     StreamEndedEarly (output, then no finish)                  LLMResponseError ("ended before the model finished")
 
 A `StatusFailure` is an HTTP error status with its body, or a 200 that carries an error (`status=200`).
-Status errors raised without an HTTP status behind them carry `status_code=0`.
+Status errors raised without an HTTP status behind them carry `status_code=0`. A body that is an HTML
+page (a proxy, a web server, another program on the port) is never quoted whole: its title is shown,
+with the question whether the URL is LM Studio's.
+
+`worth_retrying(error, generation=...)` is the client's retry filter, pure as well: what a second
+attempt of the same request can fix. A read timeout on a generation is not among it: the server keeps
+generating for the abandoned request, and a retry would queue behind it.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from datetime import UTC, datetime
 import httpx
 
 from llm.exceptions import (
+    RETRYABLE_ERRORS,
+    CircuitOpenError,
     ContextLengthExceededError,
     EndpointNotSupportedError,
     LLMConnectionError,
@@ -48,6 +58,7 @@ from llm.exceptions import (
     LLMTimeoutError,
     ModelNotFoundError,
     NoModelLoadedError,
+    StaleConnectionError,
 )
 
 _NO_MODEL_LOADED = re.compile(r"no models? (is |are )?loaded")
@@ -56,6 +67,10 @@ _MODEL_NOT_FOUND = re.compile(
 )
 _CONTEXT_FULL = re.compile(r"context (length|window|size)|n_ctx|tokens to keep|exceed|context overflow")
 _NO_ROUTE = re.compile(r"unexpected endpoint|unknown (endpoint|route)")
+_HTML = re.compile(r"^\s*(<!doctype html|<html|<head|<body|<\?xml)", re.IGNORECASE)
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+_TITLE_MAX = 80
 
 
 @dataclass(frozen=True)
@@ -104,12 +119,18 @@ class StreamEndedEarly(Exception):
 Problem = BaseException | StatusFailure
 
 
-def map_error(problem: Problem, where: Where, *, mid_stream: bool = False) -> LLMError:
-    """The `LLMError` for `problem`; `mid_stream`: it came while reading a stream that had begun."""
+def map_error(
+    problem: Problem, where: Where, *, mid_stream: bool = False, reused_connection: bool = False
+) -> LLMError:
+    """The `LLMError` for `problem`.
+
+    `mid_stream`: it came while reading a stream that had begun. `reused_connection`: the request went
+    out on a keep-alive connection opened by an earlier request (no new connection was made for it).
+    """
     if isinstance(problem, StatusFailure):
         return _map_status(problem, where)
     if isinstance(problem, httpx.HTTPError):
-        return _map_transport(problem, where, mid_stream)
+        return _map_transport(problem, where, mid_stream, reused_connection)
     if isinstance(problem, StreamEndedEarly):
         return LLMResponseError(
             f"LM Studio's stream from {where.url} ended before the model finished ({problem.chars} characters "
@@ -117,13 +138,56 @@ def map_error(problem: Problem, where: Where, *, mid_stream: bool = False) -> LL
             "generating: check its server log, then retry.",
             problem,
         )
+    if isinstance(problem, json.JSONDecodeError):
+        page = f": {html_summary(problem.doc)}" if looks_like_html(problem.doc) else ""
+        return LLMResponseError(
+            f"LM Studio's answer from {where.url} was not valid JSON ({problem}){page}. "
+            f"{_is_this_lm_studio(where, first_word='Is')}.",
+            problem,
+        )
     if isinstance(problem, ValueError):
-        what = "was not valid JSON" if isinstance(problem, json.JSONDecodeError) else "had an unexpected shape"
-        return LLMResponseError(f"LM Studio's answer from {where.url} {what} ({problem}).", problem)
+        return LLMResponseError(f"LM Studio's answer from {where.url} had an unexpected shape ({problem}).", problem)
     return LLMResponseError(f"Request to {where.url} failed: {problem!r}", problem)
 
 
-def _map_transport(problem: httpx.HTTPError, where: Where, mid_stream: bool) -> LLMError:
+def worth_retrying(error: BaseException, *, generation: bool) -> bool:
+    """Whether another attempt of the same request can succeed; `generation`: a POST that runs the model.
+
+    Connect failures, 429 and 5xx can pass. A read (or write) timeout on a generation is not retried:
+    the server goes on generating for the request it was sent, so a second attempt would queue behind
+    the abandoned one and time out the same way. An open circuit fails fast by design.
+    """
+    if isinstance(error, CircuitOpenError):
+        return False
+    if generation and isinstance(error, LLMTimeoutError):
+        return isinstance(error.original_exception, (httpx.ConnectTimeout, httpx.PoolTimeout))
+    return isinstance(error, RETRYABLE_ERRORS)
+
+
+def looks_like_html(text: str) -> bool:
+    """Whether `text` is a web page rather than an API's answer."""
+    return bool(_HTML.match(text))
+
+
+def html_summary(page: str) -> str:
+    """A web page in a few words: its title (or its first text), never the whole page."""
+    found = _TITLE.search(page)
+    title = found.group(1) if found else _TAG.sub(" ", page)
+    title = " ".join(title.split())
+    if len(title) > _TITLE_MAX:
+        title = title[: _TITLE_MAX - 3] + "..."
+    return f'an HTML page ("{title}")' if title else "an HTML page"
+
+
+def _is_this_lm_studio(where: Where, *, first_word: str = "is") -> str:
+    # Without its full stop: it sits inside other sentences too.
+    return (
+        f"{first_word} {where.base_url} LM Studio's server? Check LMSTUDIO_BASE_URL "
+        f"(`curl {where.base_url}/v1/models` should list your models)"
+    )
+
+
+def _map_transport(problem: httpx.HTTPError, where: Where, mid_stream: bool, reused: bool) -> LLMError:
     if isinstance(problem, httpx.TimeoutException):
         if isinstance(problem, httpx.ConnectTimeout):
             seconds, setting = where.connect_timeout_s, "LMSTUDIO_CONNECT_TIMEOUT_S"
@@ -136,6 +200,14 @@ def _map_transport(problem: httpx.HTTPError, where: Where, mid_stream: bool) -> 
             problem,
         )
     if isinstance(problem, (httpx.NetworkError, httpx.RemoteProtocolError)):
+        if reused and not mid_stream and not isinstance(problem, httpx.ConnectError):
+            return StaleConnectionError(
+                f"LM Studio at {where.base_url} closed a reused connection before answering {where.path} "
+                f"({type(problem).__name__}: {problem}); it does so after some answers (llama.cpp's server "
+                "after refusing a streamed tool call)",
+                problem,
+                base_url=where.base_url,
+            )
         if mid_stream:
             return LLMConnectionError(
                 f"LM Studio's stream from {where.url} was cut off mid-answer ({type(problem).__name__}: {problem}). "
@@ -155,7 +227,11 @@ class _Rule:
     build: Callable[[StatusFailure, str, Where], LLMError]
 
 
-def _shown(failure: StatusFailure) -> str:
+def _shown(failure: StatusFailure, where: Where) -> str:
+    """The server's own words for a failure; a web page only by its title (the whole page says nothing)."""
+    text = failure.message or failure.body
+    if looks_like_html(text):
+        return f"{html_summary(text)}; {_is_this_lm_studio(where)}"
     return failure.message or failure.body[:300] or "(empty body)"
 
 
@@ -163,13 +239,13 @@ def _rate_limited(f: StatusFailure, _: str, where: Where) -> LLMError:
     retry_after = retry_after_s(f.retry_after)
     wait = f" Retry after {retry_after:g} s." if retry_after is not None else ""
     return LLMRateLimitError(
-        f"LM Studio is rate limiting requests (429): {_shown(f)}.{wait}", body=f.body, retry_after_s=retry_after
+        f"LM Studio is rate limiting requests (429): {_shown(f, where)}.{wait}", body=f.body, retry_after_s=retry_after
     )
 
 
 def _no_model_loaded(f: StatusFailure, _: str, where: Where) -> LLMError:
     return NoModelLoadedError(
-        f"LM Studio has no model loaded ({_shown(f)}). Load one in LM Studio (or `lms load <model>`), "
+        f"LM Studio has no model loaded ({_shown(f, where)}). Load one in LM Studio (or `lms load <model>`), "
         "or set DEFAULT_MODEL to a model it can load just in time.",
         status_code=f.status,
         body=f.body,
@@ -188,7 +264,7 @@ def _empty_stream(f: StatusFailure, _: str, where: Where) -> LLMError:
 
 def _context_full(f: StatusFailure, _: str, where: Where) -> LLMError:
     return ContextLengthExceededError(
-        f"The conversation does not fit the model's context: {_shown(f)}. Send a shorter prompt or task "
+        f"The conversation does not fit the model's context: {_shown(f, where)}. Send a shorter prompt or task "
         "(an autonomous run: fewer or smaller tool results, e.g. a lower TOOL_OUTPUT_MAX_CHARS), lower "
         "max_tokens, or load the model with a larger context length in LM Studio.",
         status_code=f.status,
@@ -198,7 +274,7 @@ def _context_full(f: StatusFailure, _: str, where: Where) -> LLMError:
 
 def _no_route(f: StatusFailure, _: str, where: Where) -> LLMError:
     return EndpointNotSupportedError(
-        f"The server at {where.base_url} does not support {where.path} ({f.status}: {_shown(f)}).",
+        f"The server at {where.base_url} does not support {where.path} ({f.status}: {_shown(f, where)}).",
         status_code=f.status,
         body=f.body,
     )
@@ -206,7 +282,7 @@ def _no_route(f: StatusFailure, _: str, where: Where) -> LLMError:
 
 def _server_error(f: StatusFailure, _: str, where: Where) -> LLMError:
     return LLMServerError(
-        f"LM Studio failed internally ({f.status}) on {where.path}: {_shown(f)}. Check its server log; "
+        f"LM Studio failed internally ({f.status}) on {where.path}: {_shown(f, where)}. Check its server log; "
         "retrying may help.",
         status_code=f.status,
         body=f.body,
@@ -227,7 +303,7 @@ _STATUS_RULES: tuple[_Rule, ...] = (
     _Rule(lambda f, t, w: f.status in (404, 405, 501) or bool(_NO_ROUTE.search(t)), _no_route),
     _Rule(
         lambda f, t, w: f.status == 200,
-        lambda f, t, w: LLMResponseError(f"LM Studio reported an error from {w.url}: {_shown(f)}"),
+        lambda f, t, w: LLMResponseError(f"LM Studio reported an error from {w.url}: {_shown(f, w)}"),
     ),
     _Rule(lambda f, t, w: f.status >= 500, _server_error),
 )
@@ -239,7 +315,7 @@ def _map_status(failure: StatusFailure, where: Where) -> LLMError:
         if rule.matches(failure, text, where):
             return rule.build(failure, text, where)
     return LLMStatusError(
-        f"LM Studio rejected the request to {where.path} ({failure.status}): {_shown(failure)}",
+        f"LM Studio rejected the request to {where.path} ({failure.status}): {_shown(failure, where)}",
         status_code=failure.status,
         body=failure.body,
     )

@@ -2,8 +2,9 @@
 
     LLMError(message, original_exception=None)      .original_exception .timestamp
     ├── LLMConnectionError        cannot reach the server (refused, DNS, reset)    retried
-    │   └── CircuitOpenError      too many failures in a row: failing fast
-    ├── LLMTimeoutError           connect or read timed out                        retried
+    │   ├── CircuitOpenError      too many failures in a row: failing fast
+    │   └── StaleConnectionError  the server closed an idle keep-alive connection  sent again at once
+    ├── LLMTimeoutError           connect or read timed out      retried (not a generation's read)
     ├── LLMResponseError          the answer is unusable: bad JSON, wrong shape, cut stream
     │   └── LLMStatusError        an HTTP error status          .status_code .body
     │       ├── LLMRateLimitError         429                   .retry_after_s    retried
@@ -16,7 +17,8 @@
         └── ModelTypeError        e.g. an embedding model asked to chat  .model_name .model_type
 
 Every message says what failed and what to do; tools show `str(error)` to the user as is.
-Only the errors marked "retried" can succeed on a retry (`RETRYABLE_ERRORS`).
+Only the errors marked "retried" can succeed on a retry (`RETRYABLE_ERRORS`; the client's exact
+filter is `llm.error_mapping.worth_retrying`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,14 @@ class CircuitOpenError(LLMConnectionError):
             f"{retry_after_s:.0f} s. {_START_HINT}",
             base_url=base_url,
         )
+
+
+class StaleConnectionError(LLMConnectionError):
+    """A request sent on a reused keep-alive connection found it closed by the server, before any answer.
+
+    Not a sign that the server is down (it answered on that connection before): the client sends the
+    request again at once on a new connection, and logs it as what it is.
+    """
 
 
 class LLMTimeoutError(LLMError):

@@ -2,9 +2,11 @@
 
 Each request goes through `_send` (circuit breaker, retries of what a retry can fix) and each
 failure through `llm.error_mapping.map_error`, the one place `httpx` errors and error statuses
-become `LLMError`s (its docstring has the table). Retried (per request): `RETRYABLE_ERRORS` except
-`CircuitOpenError`; a streamed request only until its response headers arrive, never once the
-body has started.
+become `LLMError`s (its docstring has the table). Retried (per request), with backoff: what
+`llm.error_mapping.worth_retrying` allows (connect failures, 429, 5xx; never an open circuit, never
+a generation's read timeout); a streamed request only until its response headers arrive, never once
+the body has started. Apart from that, a request whose reused keep-alive connection the server had
+closed (`StaleConnectionError`) is sent once more at once on a new connection, logged as that.
 
 Generation methods take a `ResolvedModel` from the catalog (`llm.models`): which model is the
 catalog's decision, and the request waits in that model's queue.
@@ -12,6 +14,7 @@ catalog's decision, and the request waits in that model's queue.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -30,6 +33,7 @@ from llm.error_mapping import (
     error_message,
     json_or_text,
     map_error,
+    worth_retrying,
 )
 from llm.exceptions import (
     RETRYABLE_ERRORS,
@@ -38,6 +42,7 @@ from llm.exceptions import (
     LLMError,
     LLMResponseError,
     LLMTimeoutError,
+    StaleConnectionError,
 )
 from llm.listing import ModelInfo, parse_models
 from llm.models import ResolvedModel
@@ -47,7 +52,7 @@ from llm.results import (
     EmbeddingsResult,
     OnEvent,
     ResponseResult,
-    parse_usage,
+    embeddings_result_from_body,
 )
 from llm.streaming import (
     ChatStreamAccumulator,
@@ -126,18 +131,23 @@ class LLMClient:
         self._headers = {"Accept": "application/json"}
         if options.api_key is not None:
             self._headers["Authorization"] = f"Bearer {options.api_key}"
-        self._send = retry_with_backoff(
+        retrying = functools.partial(
+            retry_with_backoff,
             max_retries=options.retry_attempts,
             base_delay=options.retry_base_delay_s,
             max_delay=options.retry_max_delay_s,
             exceptions=RETRYABLE_ERRORS,
-            # Retrying against an open breaker would only wait to fail the same way.
-            should_retry=lambda error: not isinstance(error, CircuitOpenError),
             on_retry=lambda error, attempt, delay: self.metrics.inc(
                 "llm_retries", kind=type(error).__name__, server=options.name
             ),
             sleep=sleep,
-        )(self._send_once)
+        )
+        self._send_listing = retrying(should_retry=functools.partial(worth_retrying, generation=False))(
+            self._send_once
+        )
+        self._send_generation = retrying(should_retry=functools.partial(worth_retrying, generation=True))(
+            self._send_once
+        )
 
     @property
     def base_url(self) -> str:
@@ -245,7 +255,7 @@ class LLMClient:
         """POST /v1/embeddings; one vector per input, in input order."""
         async with model.queue:
             return await self._post_parsed(
-                "/v1/embeddings", self._generation_body(model.id, input=input), model.id, _embeddings_from_body
+                "/v1/embeddings", self._generation_body(model.id, input=input), model.id, embeddings_result_from_body
             )
 
     async def create_response(
@@ -293,19 +303,40 @@ class LLMClient:
         return body
 
     def _error(self, problem: BaseException | StatusFailure, path: str, model: str | None = None, *,
-               mid_stream: bool = False) -> LLMError:
+               mid_stream: bool = False, reused_connection: bool = False) -> LLMError:
         where = Where(self.base_url, path, self.options.connect_timeout_s, self.options.request_timeout_s, model)
-        return map_error(problem, where, mid_stream=mid_stream)
+        return map_error(problem, where, mid_stream=mid_stream, reused_connection=reused_connection)
+
+    async def _send(
+        self, method: str, path: str, body: dict[str, object] | None, model: str | None, stream: bool
+    ) -> httpx.Response:
+        """Send one request with the retry policy of its kind (a POST runs the model); a successful response."""
+        send = self._send_generation if method == "POST" else self._send_listing
+        return await send(method, path, body, model, stream)
 
     async def _send_once(
         self, method: str, path: str, body: dict[str, object] | None, model: str | None, stream: bool
     ) -> httpx.Response:
-        """One attempt: breaker check, request, status check. Returns a successful response."""
+        """One attempt; sent again at once, on a new connection, if the server had closed the reused one."""
+        try:
+            return await self._attempt(method, path, body, model, stream)
+        except StaleConnectionError as exc:
+            logger.info("%s: sending the request again on a new connection", exc)
+            self.metrics.inc("llm_stale_connections", server=self.options.name)
+            return await self._attempt(method, path, body, model, stream)
+
+    async def _attempt(
+        self, method: str, path: str, body: dict[str, object] | None, model: str | None, stream: bool
+    ) -> httpx.Response:
+        """Breaker check, request, status check. Returns a successful response."""
         try:
             self._breaker.before_call()
         except CircuitBreakerOpen as exc:
             raise CircuitOpenError(self.base_url, exc.retry_after_s) from exc
-        request = self._http.build_request(method, self.base_url + path, json=body, headers=self._headers)
+        connection = _ConnectionTrace()
+        request = self._http.build_request(
+            method, self.base_url + path, json=body, headers=self._headers, extensions={"trace": connection.record}
+        )
         logger.debug("%s %s (model %s, stream %s)", method, path, model, stream)
         self.metrics.inc("llm_requests", endpoint=path, server=self.options.name)
         started = time.perf_counter()
@@ -317,9 +348,10 @@ class LLMClient:
                 response = await self._http.send(request, stream=stream)
                 span.set_attribute("http.status_code", response.status_code)
         except httpx.HTTPError as exc:
-            error = self._error(exc, path, model)
+            error = self._error(exc, path, model, reused_connection=connection.reused)
             self.metrics.inc("llm_failures", kind=type(error).__name__, server=self.options.name)
-            if isinstance(error, (LLMConnectionError, LLMTimeoutError)):
+            # A closed idle connection says nothing against the server: it answered on it before.
+            if isinstance(error, (LLMConnectionError, LLMTimeoutError)) and not isinstance(error, StaleConnectionError):
                 self._breaker.record_failure()
             raise error from exc
         self._breaker.record_success()
@@ -429,13 +461,20 @@ class LLMClient:
         return result
 
 
-def _embeddings_from_body(body: dict[str, Any]) -> EmbeddingsResult:
-    items = body.get("data")
-    if not isinstance(items, list):
-        raise ValueError("no 'data' list in the embeddings answer")
-    try:
-        ordered = sorted(items, key=lambda item: item.get("index", 0))
-        vectors = [[float(x) for x in item["embedding"]] for item in ordered]
-    except (AttributeError, KeyError, TypeError) as exc:
-        raise ValueError(f"malformed embeddings item ({exc!r})") from exc
-    return EmbeddingsResult(embeddings=vectors, model=body.get("model"), usage=parse_usage(body.get("usage")))
+
+class _ConnectionTrace:
+    """Whether a request went out on a connection an earlier request had opened (httpcore's `trace` extension)."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.sent = False
+
+    async def record(self, event: str, info: dict[str, Any]) -> None:
+        if event.startswith("connection.connect_"):
+            self.connected = True
+        elif event.endswith("send_request_headers.started"):
+            self.sent = True
+
+    @property
+    def reused(self) -> bool:
+        return self.sent and not self.connected

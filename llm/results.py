@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -103,3 +103,20 @@ def parse_usage(raw: object) -> Usage | None:
         output_tokens=first_int("output_tokens", "completion_tokens"),
         total_tokens=first_int("total_tokens"),
     )
+
+
+def embeddings_result_from_body(body: dict[str, Any]) -> EmbeddingsResult:
+    """The answer of /v1/embeddings, one vector per input in input order.
+
+    Raises:
+        ValueError: the body has no usable `data` list.
+    """
+    items = body.get("data")
+    if not isinstance(items, list):
+        raise ValueError("no 'data' list in the embeddings answer")
+    try:
+        ordered = sorted(items, key=lambda item: item.get("index", 0))
+        vectors = [[float(x) for x in item["embedding"]] for item in ordered]
+    except (AttributeError, KeyError, TypeError) as exc:
+        raise ValueError(f"malformed embeddings item ({exc!r})") from exc
+    return EmbeddingsResult(embeddings=vectors, model=body.get("model"), usage=parse_usage(body.get("usage")))

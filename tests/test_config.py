@@ -99,3 +99,15 @@ def test_variable_names_are_case_insensitive_and_unknown_ones_ignored() -> None:
     settings = load_config({"lmstudio_port": "4321", "UNRELATED": "x"})
 
     assert settings.lmstudio_port == 4321
+
+
+
+@pytest.mark.parametrize("written", ["JSON", "Json", " json "])
+def test_log_format_takes_any_case_like_log_level(written: str) -> None:
+    assert load_config({"LOG_FORMAT": written}).log_format == "json"
+
+
+def test_api_mode_takes_any_case_and_a_wrong_choice_still_names_the_variable() -> None:
+    assert load_config({"LMSTUDIO_API_MODE": "Chat"}).lmstudio_api_mode == "chat"
+    with pytest.raises(ConfigError, match="LOG_FORMAT='yaml' is invalid"):
+        load_config({"LOG_FORMAT": "yaml"})

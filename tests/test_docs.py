@@ -379,3 +379,25 @@ async def test_documented_examples_run_against_the_stand_in_and_real_servers(
                             f"{example.label}: {p}" for p in same_shape(json.loads(example.result.body), data)
                         ]
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("models", "default_model"),
+    [
+        ((FakeModel("qwen/qwen3-coder-30b", loaded=True),), None),
+        ((FakeModel("qwen/qwen3-coder-30b", loaded=False), FakeModel("qwen/qwen3-4b-2507", loaded=False)), None),
+        ((FakeModel("qwen/qwen3-coder-30b", loaded=True),), "qwen/qwen3-coder-30b"),
+    ],
+    ids=["loaded", "none-loaded", "default-model"],
+)
+async def test_every_source_get_current_model_gives_is_in_the_api_reference(
+    models: tuple[FakeModel, ...], default_model: str | None
+) -> None:
+    extra = {"DEFAULT_MODEL": default_model} if default_model else {}
+    with FakeLMStudio(models=models) as fake:
+        async with in_process_bridge(bridge_settings(fake.url, **extra)) as client:
+            result = await client.call_tool("get_current_model", {})
+    source = result.structured_content["source"]
+    section = tool_sections(API_REFERENCE.read_text(encoding="utf-8"))["get_current_model"]
+    (row,) = [line for line in section.splitlines() if line.startswith("| `source` |")]
+    assert f"`{source}`" in row, (source, row)

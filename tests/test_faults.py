@@ -315,17 +315,23 @@ async def test_rate_limiting_is_retried_and_when_it_persists_says_so(fake: FakeL
     assert text_of(again) == "Fine again."
 
 
-async def test_a_read_timeout_names_the_setting_to_raise_and_the_next_call_works(fake: FakeLMStudio) -> None:
-    settings = bridge_settings(fake.url, LMSTUDIO_REQUEST_TIMEOUT_S="0.5", LMSTUDIO_RETRY_ATTEMPTS="1")
+async def test_a_read_timeout_is_not_retried_names_the_setting_to_raise_and_the_next_call_works(
+    fake: FakeLMStudio,
+) -> None:
+    # Three attempts allowed: a generation that timed out is still not sent again (the server would
+    # go on generating the first one, and the second would wait behind it).
+    settings = bridge_settings(fake.url, LMSTUDIO_REQUEST_TIMEOUT_S="0.5", LMSTUDIO_RETRY_ATTEMPTS="3")
     async with in_process_bridge(settings) as client:
-        fake.set_script([Turn(text="too late", delay_s=1.5)])
+        fake.set_script([Turn(text="too late", delay_s=1.5), Turn(text="a retry would get this")])
         slow = await chat(client)
+        attempts = len(fake.generation_requests())
         fake.set_script([Turn(text="In time.")])
         again = await chat(client)
     assert error_text(slow) == (
         f"Error: LM Studio did not answer {fake.url}/v1/chat/completions within 0.5 s (ReadTimeout). "
         "A big model or a long prompt can need more: raise LMSTUDIO_REQUEST_TIMEOUT_S."
     )
+    assert attempts == 1
     assert text_of(again) == "In time."
 
 
@@ -377,6 +383,33 @@ async def test_an_answer_that_is_not_json_is_reported_as_such(mock: respx.MockRo
         f"Error: LM Studio's answer from {MOCK_URL}/v1/completions was not valid JSON (Expecting value"
     )
     assert text_of(again) == " pass"
+
+
+async def test_a_web_page_instead_of_lm_studio_is_named_by_its_title_and_the_url_questioned(
+    mock: respx.MockRouter,
+) -> None:
+    page = "<!DOCTYPE html>\n<html><head><title>Welcome to nginx!</title></head><body>" + "<p>x</p>" * 500 + "</body></html>"
+    bad_gateway = "<html><head><title>502 Bad Gateway</title></head><body>" + "<hr>nginx" * 200 + "</body></html>"
+    for route in ("/api/v1/models", "/api/v0/models", "/v1/models"):
+        mock.get(route).respond(200, text=page, headers={"Content-Type": "text/html"})
+    mock.post("/v1/chat/completions").respond(502, text=bad_gateway, headers={"Content-Type": "text/html"})
+    settings = bridge_settings(MOCK_URL, DEFAULT_MODEL="qwen/qwen3-coder-30b", LMSTUDIO_RETRY_ATTEMPTS="1")
+    async with in_process_bridge(settings) as client:
+        health = error_text(await client.call_tool("health_check", {}))
+        mock.get("/api/v1/models").respond(404, json={"error": "Unexpected endpoint or method."})
+        mock.get("/api/v0/models").respond(json=MOCK_MODELS)
+        proxied = error_text(await chat(client))
+    question = (
+        f"{MOCK_URL} LM Studio's server? Check LMSTUDIO_BASE_URL (`curl {MOCK_URL}/v1/models` should list your models)"
+    )
+    assert health == (
+        f"Error: Could not get the model list from {MOCK_URL}: LM Studio's answer from {MOCK_URL}/v1/models was not "
+        f'valid JSON (Expecting value: line 1 column 1 (char 0)): an HTML page ("Welcome to nginx!"). Is {question}.'
+    )
+    assert proxied == (
+        f'Error: LM Studio failed internally (502) on /v1/chat/completions: an HTML page ("502 Bad Gateway"); is '
+        f"{question}. Check its server log; retrying may help."
+    )
 
 
 async def test_a_stream_event_that_is_not_json_is_reported_as_such(mock: respx.MockRouter) -> None:
@@ -580,6 +613,23 @@ async def test_a_slow_starting_server_is_bounded_by_the_start_timeout_not_the_to
     assert tool_outputs(model_requests(fake)[1]) == ["up"]
 
 
+async def test_a_server_whose_first_stdout_line_is_not_utf8_starts_and_answers(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    # A banner in a legacy encoding before the first JSON-RPC message: read as a bad line and skipped,
+    # not a reader that dies and leaves the start to time out.
+    banner = "import os, runpy; os.write(1, b'\\xff\\xfe Gr\\xfc\\xdfe\\n'); "
+    code = banner + "runpy.run_module('tests.support.toy_server', run_name='__main__')"
+    entry = {**toy(marker), "args": ["-c", code, marker]}
+    fake.set_script([Turn(tool_calls=[call("echo", text="through")]), Turn(text="Started despite the banner.")])
+    settings = bridge_settings(fake.url, config(tmp_path, marker, latin1=entry), MCP_START_TIMEOUT_S="10")
+    with anyio.fail_after(30):
+        async with in_process_bridge(settings) as client:
+            result = await run(client, "latin1")
+    assert text_of(result) == "Started despite the banner.", text_of(result)
+    assert tool_outputs(model_requests(fake)[1]) == ["through"]
+
+
 async def test_a_server_crashing_mid_call_goes_back_to_the_model_and_restarts_for_the_next_call(
     fake: FakeLMStudio, tmp_path: Path, marker: str
 ) -> None:
@@ -628,6 +678,33 @@ async def test_a_tool_error_result_goes_back_to_the_model_as_its_output(
     ]
     assert text_of(result) == "The tool refused."
     assert result.structured_content["tool_calls"][0]["ok"] is False
+
+
+async def test_json_rpc_errors_the_server_sends_reach_the_model_and_its_session_stays_in_use(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    # -32000 and -32001 are also the codes the MCP SDK raises itself for a closed connection and a
+    # timeout: sent by a live server at once, they are neither.
+    fake.set_script([
+        Turn(tool_calls=[call("pid")]),
+        Turn(tool_calls=[call("rpc_error", code=-32000, message="database is locked")]),
+        Turn(tool_calls=[call("rpc_error", code=-32001, message="upstream took too long")]),
+        Turn(tool_calls=[call("rpc_error", code=-32602, message="unknown field 'x'")]),
+        Turn(tool_calls=[call("pid")]),
+        Turn(text="Same process throughout."),
+    ])
+    with anyio.fail_after(60):
+        async with in_process_bridge(bridge_settings(fake.url, config(tmp_path, marker))) as client:
+            result = await run(client)
+    outputs = [tool_outputs(request) for request in model_requests(fake)[1:]]
+    failed = "Error: Calling tool 'rpc_error' of MCP server 'toy' failed: the server answered with JSON-RPC error"
+    assert outputs[1:4] == [
+        [f"{failed} -32000: database is locked. The server is still running: retry, or try another way."],
+        [f"{failed} -32001: upstream took too long. The server is still running: retry, or try another way."],
+        [f"{failed} -32602: unknown field 'x'. Check the tool name and arguments against the server's tool list."],
+    ]
+    assert outputs[4] == outputs[0], "the server's own errors must not cost it its session"
+    assert text_of(result) == "Same process throughout."
 
 
 async def test_a_5_mb_tool_result_is_truncated_and_memory_stays_bounded(
@@ -721,6 +798,28 @@ async def test_malformed_json_names_file_and_line_and_later_breakage_keeps_the_l
     assert listed.structured_content["config_error"].endswith(
         "Fix the file; until then the last good config stays in use (servers: toy)."
     )
+
+
+async def test_a_config_nested_too_deeply_is_a_config_error_and_clears_once_fixed(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    mcp_json = config(tmp_path, marker)
+    fake.set_script([Turn(text="Last good config.")])
+    async with in_process_bridge(bridge_settings(fake.url, mcp_json)) as client:
+        await client.call_tool("list_available_mcps", {})
+        mcp_json.write_text("[" * 200_000)
+        broken = await client.call_tool("list_available_mcps", {})
+        kept = await run(client)
+        config(tmp_path, marker, other=toy(marker))
+        fixed = await client.call_tool("list_available_mcps", {})
+    expected = (
+        f"{mcp_json}: invalid JSON: its arrays or objects are nested too deeply to be read. Fix the file; until then "
+        "the last good config stays in use (servers: toy)."
+    )
+    assert not broken.is_error and broken.structured_content["config_error"] == expected
+    assert text_of(kept) == "Last good config." and kept.structured_content["notes"] == [expected]
+    assert fixed.structured_content["config_error"] is None
+    assert [row["name"] for row in fixed.structured_content["servers"]] == ["other", "toy"]
 
 
 async def test_config_entry_faults_each_name_the_server_and_what_to_fix(

@@ -9,7 +9,7 @@ import pytest
 from mcp import Client
 
 from tests.support.bridge import bridge_settings, in_process_bridge, text_of
-from tests.support.fake_lmstudio import FakeLMStudio, Turn
+from tests.support.fake_lmstudio import FakeLMStudio, FakeModel, Turn
 
 Bridge = Callable[[], AbstractAsyncContextManager[Client]]
 
@@ -203,3 +203,26 @@ async def test_lm_studio_errors_reach_claude_as_actionable_text(bridge: Bridge, 
         assert result.is_error
         assert "context" in text_of(result).lower()
         assert "Traceback" not in text_of(result)
+
+
+async def test_without_an_embedding_model_generate_embeddings_says_none_is_available_and_what_to_load() -> None:
+    with FakeLMStudio(models=[FakeModel("qwen/qwen3-coder-30b")]) as fake:
+        async with in_process_bridge(bridge_settings(fake.url)) as client:
+            result = await client.call_tool("generate_embeddings", {"text": "hello"})
+        assert fake.generation_requests() == []
+    assert result.is_error
+    assert text_of(result) == (
+        "Error: No embedding model is available: LM Studio lists none. Download or load one in LM Studio "
+        "(e.g. nomic-embed-text), or name one with `model`."
+    )
+
+
+async def test_a_made_up_instance_suffix_is_refused_like_any_unknown_model(bridge: Bridge, fake: FakeLMStudio) -> None:
+    async with bridge() as client:
+        result = await client.call_tool("chat_completion", {"prompt": "hi", "model": "qwen/qwen3-coder-30b:99999"})
+    assert result.is_error
+    assert text_of(result) == (
+        "Error: Model 'qwen/qwen3-coder-30b:99999' not found. Available: qwen/qwen3-coder-30b, "
+        "mistralai/magistral-small-2509, text-embedding-nomic-embed-text-v1.5. Did you mean qwen/qwen3-coder-30b?"
+    )
+    assert fake.generation_requests() == []

@@ -124,3 +124,14 @@ def test_doctor_checks_every_model_server_and_fails_when_one_is_down(fake: FakeL
     assert f"ok    laptop: reachable at {fake.url}, 3 model(s)" in result.stdout
     assert "FAIL  gpu: Could not connect to LM Studio at http://127.0.0.1:9" in result.stdout
     assert "default model: qwen/qwen3-coder-30b on laptop" in result.stdout
+
+
+def test_doctor_prints_only_its_report_unless_log_level_asks_for_more(fake: FakeLMStudio) -> None:
+    quiet = run_cli("doctor", env=bridge_env(fake.url))
+    retrying = run_cli("doctor", env=bridge_env("http://127.0.0.1:9", LMSTUDIO_RETRY_ATTEMPTS="2"))
+    chatty = run_cli("doctor", env=bridge_env(fake.url, LOG_LEVEL="info"))
+    assert quiet.returncode == 0 and "Result: OK" in quiet.stdout
+    assert quiet.stderr == "", quiet.stderr
+    assert retrying.returncode == 1 and retrying.stderr == "", retrying.stderr
+    assert "ready; LM Studio at" in chatty.stderr
+    assert "Result: OK" in chatty.stdout and "ready" not in chatty.stdout

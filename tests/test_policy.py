@@ -43,3 +43,10 @@ def test_read_only_mode_offers_only_tools_that_declare_read_only() -> None:
 def test_held_back_tools_are_noted() -> None:
     _, notes = apply_tool_policy({"fs": [READ, WRITE]}, load_config({"MCP_READ_ONLY_TOOLS": "1"}))
     assert notes == ["fs: 1 of 2 tools not offered (MCP_TOOL_ALLOW/DENY, MCP_READ_ONLY_TOOLS)"]
+
+
+def test_patterns_match_tool_names_whatever_their_case() -> None:
+    shouting = [Tool(name="Delete_Things", input_schema={}), Tool(name="DELETE_ALL", input_schema={}), READ]
+    kept, _ = apply_tool_policy({"fs": shouting}, load_config({"MCP_TOOL_DENY": '{"*": ["delete_*"]}'}))
+    assert [t.name for t in kept["fs"]] == ["read_file"]
+    assert names({"MCP_TOOL_ALLOW": '{"fs": ["READ_*"]}'}) == ["read_file"]

@@ -8,7 +8,10 @@ Driven with raw JSON-RPC lines (no SDK client in between) so that any stray byte
 from __future__ import annotations
 
 import json
+import select
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -144,4 +147,68 @@ async def test_stdout_carries_only_json_rpc_logs_go_to_stderr_and_closing_stdin_
     deadline = time.monotonic() + EXIT_TIMEOUT_S
     while (left := processes_mentioning(marker)) and time.monotonic() < deadline:
         await anyio.sleep(0.05)
+    assert not left, f"processes left behind after the bridge exited: {left}"
+
+
+
+
+def _read_message(process: subprocess.Popen[bytes], timeout_s: float) -> dict[str, object]:
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout_s)
+    assert ready, f"no answer from the bridge within {timeout_s} s"
+    return json.loads(process.stdout.readline())
+
+
+def test_a_client_that_goes_away_mid_call_ends_the_bridge_quietly_and_takes_its_servers(tmp_path: Path) -> None:
+    """Claude Desktop quitting closes both pipes while a call runs: exit 0, no traceback, no child left.
+
+    Plain pipes here (not anyio's process streams, whose aclose() leaves the pipe itself open), so the
+    bridge really meets a closed stdout.
+    """
+    marker = str(tmp_path)
+    toy = {"command": sys.executable, "args": ["-m", "tests.support.toy_server", marker], "cwd": str(ROOT),
+           "env": {"PYTHONPATH": str(ROOT)}}
+    mcp_json = write_mcp_json(tmp_path / ".mcp.json", {"toy": toy})
+    script = [Turn(tool_calls=[call("echo", text="up")]), Turn(text="The toy server runs."),
+              Turn(text="too late", delay_s=600)]
+    env = {**bridge_env("", mcp_json), "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", "PATH": "/usr/bin:/bin"}
+    with FakeLMStudio(script) as fake, tempfile.TemporaryFile() as stderr:
+        env["LMSTUDIO_BASE_URL"] = fake.url
+        process = subprocess.Popen([sys.executable, "main.py"], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            assert process.stdin is not None and process.stdout is not None
+
+            def send(message: dict[str, object]) -> None:
+                assert process.stdin is not None
+                process.stdin.write(json.dumps({"jsonrpc": "2.0", **message}).encode() + b"\n")
+                process.stdin.flush()
+
+            send({"id": 1, "method": "initialize", "params": {"protocolVersion": PROTOCOL_VERSION, "capabilities": {},
+                                                               "clientInfo": {"name": "raw-test", "version": "0"}}})
+            assert "result" in _read_message(process, EXIT_TIMEOUT_S)
+            send({"method": "notifications/initialized"})
+            send({"id": 2, "method": "tools/call",
+                  "params": {"name": "autonomous_with_mcp", "arguments": {"mcp_name": "toy", "task": "start it"}}})
+            assert _read_message(process, 60)["id"] == 2
+            assert processes_mentioning(marker), "the toy server should be running"
+            send({"id": 3, "method": "tools/call", "params": {"name": "chat_completion", "arguments": {"prompt": "slow"}}})
+            deadline = time.monotonic() + EXIT_TIMEOUT_S
+            while len(fake.generation_requests()) < 3 and time.monotonic() < deadline:
+                time.sleep(0.02)  # until the slow request is with the model (bounded)
+            process.stdout.close()
+            process.stdin.close()
+            returncode = process.wait(EXIT_TIMEOUT_S)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        stderr.seek(0)
+        logs = stderr.read().decode(errors="replace")
+    assert returncode == 0, logs[-3000:]
+    assert "Traceback" not in logs and "BrokenPipeError" not in logs, logs[-3000:]
+    assert "the client went away" in logs
+    deadline = time.monotonic() + EXIT_TIMEOUT_S
+    while (left := processes_mentioning(marker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not left, f"processes left behind after the bridge exited: {left}"

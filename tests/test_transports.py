@@ -7,11 +7,14 @@ import sys
 
 import anyio.abc
 import mcp
-from mcp import StdioServerParameters
+import pytest
+from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.shared.exceptions import MCPError
 
+from tests.support.bridge import ROOT
 from tools.downstream.entries import StdioEntry
-from tools.downstream.transports import open_transport, spawned_process
+from tools.downstream.transports import connection_ended, open_transport, spawned_process
 
 
 async def test_the_spawned_process_is_found_in_the_stdio_clients_frame(tmp_path: object) -> None:
@@ -42,3 +45,23 @@ def test_the_private_http_client_factory_is_still_there() -> None:
 def test_stdio_parameters_still_take_a_decoding_error_handler() -> None:
     params = StdioServerParameters(command="x", encoding_error_handler="replace")
     assert params.encoding_error_handler == "replace"
+
+
+async def test_a_servers_own_minus_32000_and_the_sdks_connection_closed_are_told_apart() -> None:
+    toy = StdioServerParameters(
+        command=sys.executable, args=["-m", "tests.support.toy_server"], cwd=str(ROOT), env={"PYTHONPATH": str(ROOT)}
+    )
+    with anyio.fail_after(30):
+        async with Client(toy, mode="legacy") as client:
+            closed = getattr(getattr(client.session, "_dispatcher", None), "_closed", None)
+            assert isinstance(closed, bool), (
+                "the SDK's dispatcher no longer has a `_closed` flag at client.session._dispatcher; update "
+                "transports.connection_ended"
+            )
+            with pytest.raises(MCPError) as sent:
+                await client.call_tool("rpc_error", {"code": -32000, "message": "database is locked"})
+            assert connection_ended(client, sent.value) is False
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("crash", {})
+            assert connection_ended(client, raised.value) is True
+            assert sent.value.code == raised.value.code == -32000

@@ -38,10 +38,11 @@ MaxRounds = Annotated[
             "and loop detection still end a run). Use e.g. 20 to cap a quick task."
         ),
         ge=1,
+        strict=True,  # an integer: not "5", 5.0 or true
     ),
 ]
 MaxTokens = Annotated[
-    Annotated[int, Field(ge=1, le=131072)] | Literal["auto"],
+    Annotated[int, Field(ge=1, le=131072, strict=True)] | Literal["auto"],
     Field(
         description=(
             "Maximum tokens per LLM response ('auto' for default: a quarter of the model's loaded context, "

@@ -1,9 +1,12 @@
 """`lmstudio-bridge doctor`: a human-readable check of the whole set-up, exit code 0 or 1.
 
 It builds the same parts the server does (`tools.app.bridge_state`), so what it reports is what
-the server would see: the model server and its models, the model a call without `model` would
-use (a DEFAULT_MODEL the server lacks is a failure, with suggestions), the effective settings
-(secrets masked), and every entry of the MCP config, usable or not.
+the server would see: the model server and its models (what the server says of each, and only
+that), the model a call without `model` would use (a DEFAULT_MODEL the server lacks is a failure,
+with suggestions), which API autonomous runs use, the effective settings (secrets masked, unset
+ones said so), and every entry of the MCP config, usable or not.
+
+The report is all it prints: the bridge's log stays silent unless LOG_LEVEL is set (`log_level`).
 """
 
 from __future__ import annotations
@@ -11,10 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TextIO
 
-from config import Settings
+from config import LogLevel, Settings
 from llm.exceptions import LLMError
+from llm.models import ModelInfo
 from tools.app import AppState, bridge_state
 from tools.downstream.errors import MCPBridgeError
+
+
+def log_level(settings: Settings) -> LogLevel:
+    """The log level while `doctor` runs: LOG_LEVEL when it is set, else only what is critical.
+
+    The report already says what failed; log lines (start-up, retries) on the same screen would
+    only bury it.
+    """
+    return settings.log_level if "log_level" in settings.model_fields_set else "CRITICAL"
 
 
 async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) -> int:
@@ -28,7 +41,7 @@ async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) ->
         say()
         say("Configuration (secrets masked)")
         for key, value in settings.masked().items():
-            say(f"  {key} = {value}")
+            say(f"  {key} = {'(unset)' if value is None else value}")
         say()
         await _check_mcp_servers(state, start_servers, say)
     say()
@@ -53,11 +66,14 @@ async def _check_model_server(state: AppState, say: Callable[[str], None]) -> bo
             healthy = False
             continue
         say(f"  ok    {label}reachable at {health.base_url}, {health.models} model(s)")
-        for m in models:
-            if m.server != health.name:
-                continue
-            context = f", context {m.max_context_length}" if m.max_context_length else ""
-            say(f"        - {m.id} [{m.type or 'type ?'}, {m.state or 'state ?'}{context}]")
+        listed = [m for m in models if m.server == health.name]
+        for m in listed:
+            say(f"        - {_model_line(m)}")
+        if listed and all(m.type is None and m.state is None for m in listed):
+            say(
+                "        (the server lists model ids only, without type or loaded state: not LM Studio's "
+                "listing; is this LM Studio?)"
+            )
     if not models:
         say("  FAIL  no models: download one in LM Studio (or load one with `lms load`)")
         return False
@@ -68,7 +84,20 @@ async def _check_model_server(state: AppState, say: Callable[[str], None]) -> bo
         return False
     where = f" on {default.server}" if several else ""
     say(f"  ok    default model: {default.id}{where} ({default.source})")
+    for backend in state.backends:
+        label = f"{backend.name}: " if several else ""
+        say(f"  --    {label}autonomous runs use: {backend.capabilities.summary()}")
     return healthy
+
+
+def _model_line(model: ModelInfo) -> str:
+    """A model and what the server says of it (type, loaded state, context); nothing made up."""
+    known = [part for part in (model.type, model.state) if part]
+    if model.loaded_context_length:
+        known.append(f"loaded with context {model.loaded_context_length}")
+    if model.max_context_length:
+        known.append(f"context up to {model.max_context_length}")
+    return f"{model.id} [{', '.join(known)}]" if known else model.id
 
 
 async def _check_mcp_servers(state: AppState, start_servers: bool, say: Callable[[str], None]) -> None:

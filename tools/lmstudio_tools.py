@@ -36,7 +36,8 @@ ModelParam = Annotated[
     ),
 ]
 Temperature = Annotated[float, Field(description="Sampling temperature, 0 to 2; e.g. 0.2 for code.", ge=0, le=2)]
-MaxTokens = Annotated[int, Field(description="Most tokens to generate, e.g. 1024.", ge=1, le=131072)]
+# Integers are strict: "100", 100.0 and true are refused, not read as numbers.
+MaxTokens = Annotated[int, Field(description="Most tokens to generate, e.g. 1024.", ge=1, le=131072, strict=True)]
 
 _READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
 _GENERATES = ToolAnnotations(readOnlyHint=True, idempotentHint=False, openWorldHint=False)
@@ -242,7 +243,9 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         ] = None,
         instructions: Annotated[str | None, Field(description="Optional system-style instructions.")] = None,
         temperature: Annotated[float | None, Field(description="Optional temperature, 0 to 2.", ge=0, le=2)] = None,
-        max_output_tokens: Annotated[int | None, Field(description="Optional cap on output tokens.", ge=1)] = None,
+        max_output_tokens: Annotated[
+            int | None, Field(description="Optional cap on output tokens.", ge=1, strict=True)
+        ] = None,
         model: ModelParam = None,
     ) -> CallToolResult:
         """Stateful conversation through LM Studio's /v1/responses: pass the returned response_id to continue."""

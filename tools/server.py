@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,7 +35,13 @@ Every model-running tool takes an optional `model` (see list_models); leave it o
 
 
 class BridgeServer(MCPServer[AppState]):
-    """The SDK's server, with argument errors worded for the caller: `Error: invalid arguments ...`."""
+    """The SDK's server, with every refusal worded for the caller (`Error: invalid arguments ...`,
+    `Error: Unknown tool: ...`) and tool descriptions sent without the docstrings' indentation."""
+
+    def add_tool(self, fn: Callable[..., Any], *args: Any, description: str | None = None, **kwargs: Any) -> None:
+        if description is None:
+            description = inspect.cleandoc(fn.__doc__ or "")
+        super().add_tool(fn, *args, description=description, **kwargs)
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
@@ -43,7 +51,14 @@ class BridgeServer(MCPServer[AppState]):
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(describe_invalid_arguments(name, exc.__cause__)) from exc.__cause__
-            raise
+            if str(exc).startswith("Error:"):
+                raise
+            # The SDK's own refusals ("Unknown tool: x") get the prefix every other failure has.
+            message = f"Error: {exc}."
+            if self._tool_manager.get_tool(name) is None:
+                names = sorted(tool.name for tool in self._tool_manager.list_tools())
+                message += f" This server's tools: {', '.join(names)}."
+            raise ToolError(message) from exc
 
 
 def describe_invalid_arguments(tool: str, error: ValidationError) -> str:
@@ -108,3 +123,27 @@ async def serve_stdio(mcp: MCPServer[AppState]) -> None:
         tg.start_soon(stop_on_signal)
         await mcp.run_stdio_async()
         tg.cancel_scope.cancel()
+
+
+_CLIENT_GONE = (BrokenPipeError, ConnectionResetError, anyio.ClosedResourceError, anyio.BrokenResourceError)
+
+
+async def serve_until_client_leaves(mcp: MCPServer[AppState]) -> None:
+    """`serve_stdio`, where a client that goes away mid-call ends the bridge like a stdin close: quietly.
+
+    A client that quits (Claude Desktop closing, a killed `claude`) closes the bridge's pipes while
+    a call may still be answering: writing that answer fails with a broken pipe, inside the SDK's
+    task groups. By then the lifespan has already closed every downstream server (its exit runs
+    while the error unwinds), so nothing is left to do but say so in one log line; anything else in
+    the group is a real failure and propagates.
+    """
+    try:
+        await serve_stdio(mcp)
+    except BaseExceptionGroup as group:
+        if group.split(_CLIENT_GONE)[1] is not None:
+            raise
+        logger.info("the client went away (its pipes closed) while a call was answering; shutting down")
+        # Python flushes stdout once more on exit: point it at nothing rather than at the broken pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)

@@ -2,17 +2,21 @@
 
 Tools: echo, crash (the process exits mid-call), sleep (a call that hangs), big (a large
 result), image (an image result), garbage (writes a non-JSON line to stdout, then answers),
-fail (an isError result).
+fail (an isError result), rpc_error (answers with a JSON-RPC error of the given code), pid (the
+process id, to tell whether the same process still serves), remember / recall (a value kept in
+this process's memory only, like a browser's or a shell's state).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import socket
 
 import anyio
 from mcp.server.mcpserver import Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 
 server = MCPServer("toy")
 
@@ -35,8 +39,11 @@ def crash() -> str:
 
 
 @server.tool()
-async def sleep(seconds: float) -> str:
-    """Wait `seconds`, then answer."""
+async def sleep(seconds: float, notify_port: int = 0) -> str:
+    """Wait `seconds`, then answer; with `notify_port`, first connect to it to say the call has begun."""
+    if notify_port:
+        with socket.create_connection(("127.0.0.1", notify_port)) as conn:
+            conn.sendall(b"started")
     await anyio.sleep(seconds)
     return f"slept {seconds}"
 
@@ -64,6 +71,34 @@ def garbage() -> str:
 def fail() -> str:
     """Always report a tool error."""
     raise ToolError("the toy tool failed on purpose")
+
+
+@server.tool()
+def rpc_error(code: int, message: str) -> str:
+    """Answer with a JSON-RPC error of `code` (e.g. -32000, which the SDK also uses for a closed connection)."""
+    raise MCPError(code, message)
+
+
+@server.tool()
+def pid() -> str:
+    """The id of the process serving this call."""
+    return str(os.getpid())
+
+
+_memory: dict[str, str] = {}
+
+
+@server.tool()
+def remember(key: str, value: str) -> str:
+    """Keep `value` under `key`, in this process's memory only."""
+    _memory[key] = value
+    return f"remembered {key}"
+
+
+@server.tool()
+def recall(key: str) -> str:
+    """The value kept under `key` by this process, or 'value=None'."""
+    return f"value={_memory.get(key)}"
 
 
 if __name__ == "__main__":

@@ -10,7 +10,14 @@
     result.py          RunResult and its parts
 """
 
-from tools.agent.agent import DEFAULT_MAX_ROUNDS, DynamicAutonomousAgent
+from tools.agent.agent import DEFAULT_MAX_ROUNDS, DynamicAutonomousAgent, RunRequestError
 from tools.agent.result import RunResult, StopReason, ToolCallRecord
 
-__all__ = ["DEFAULT_MAX_ROUNDS", "DynamicAutonomousAgent", "RunResult", "StopReason", "ToolCallRecord"]
+__all__ = [
+    "DEFAULT_MAX_ROUNDS",
+    "DynamicAutonomousAgent",
+    "RunRequestError",
+    "RunResult",
+    "StopReason",
+    "ToolCallRecord",
+]

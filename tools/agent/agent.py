@@ -1,15 +1,17 @@
 """The autonomous agent: a local model works a task out with the tools of the user's MCP servers.
 
-`DynamicAutonomousAgent.run` prepares a run and hands it to the runner:
-1. the model, resolved by the catalog before anything starts (an unknown name fails fast, with
-   suggestions);
-2. the servers: the config file re-read if it changed, the named entries looked up, one lease per
-   server taken (the run's snapshot: a reload meanwhile does not touch its sessions);
-3. their tools, started concurrently, filtered by the tool policy, named and cleaned (namespaced
+`DynamicAutonomousAgent.run` prepares a run and hands it to the runner, local checks before remote ones
+(a typo in a server name is reported as such even when LM Studio is down):
+1. the request itself: a task with some text, at least one server name (`RunRequestError`);
+2. the servers: the config file re-read if it changed, the named entries looked up (unknown or
+   disabled ones refused);
+3. the model, resolved by the catalog (the first request to LM Studio; an unknown name fails with
+   suggestions, before any server starts);
+4. one lease per server taken (the run's snapshot: a reload meanwhile does not touch its sessions),
+   their tools, started concurrently, filtered by the tool policy, named and cleaned (namespaced
    `server__tool` when several servers); the context budget of the model (`budget`) and the tools
-   offered out of it (`tool_selection`: the most relevant ones and `search_tools` when there are too
-   many);
-4. the loop (`tools.agent.runner.Runner`), watched by the progress, metrics, tracing and logging
+   offered out of it (`tool_selection`: the most relevant ones and `search_tools` when too many);
+5. the loop (`tools.agent.runner.Runner`), watched by the progress, metrics, tracing and logging
    hooks; the leases are released when it ends, however it ends.
 """
 
@@ -47,6 +49,27 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROUNDS = 10000
 """The plan's default: no artificial round limit; time, loop detection and cancellation bound a run."""
+
+
+class RunRequestError(ValueError):
+    """The task or the server names of a run cannot be used as given (found before anything is asked)."""
+
+
+def check_request(servers: Sequence[str] | None, task: str) -> None:
+    """Refuse a run that cannot mean anything, before the config file or LM Studio is consulted.
+
+    Raises:
+        RunRequestError: the task has no text, or `servers` names no server (or a blank one).
+    """
+    if not task.strip():
+        raise RunRequestError(
+            "The task is empty: say what the local model should do, e.g. 'List the files in the project'."
+        )
+    if servers is not None and (not servers or any(not name.strip() for name in servers)):
+        raise RunRequestError(
+            f"No usable MCP server names in {list(servers)!r}: give at least one, each as list_available_mcps "
+            "shows it."
+        )
 
 
 class DynamicAutonomousAgent:
@@ -100,7 +123,7 @@ class DynamicAutonomousAgent:
     ) -> str:
         try:
             result = await self.run(servers, task, max_rounds=max_rounds, max_tokens=max_tokens, model=model)
-        except (LLMError, MCPBridgeError) as exc:
+        except (LLMError, MCPBridgeError, RunRequestError) as exc:
             return f"Error: {exc}"
         return f"Error: {result.text}" if result.stop_reason == "error" else result.text
 
@@ -120,8 +143,10 @@ class DynamicAutonomousAgent:
         """One autonomous run over `servers` (None: every enabled server).
 
         Raises:
+            RunRequestError: an empty task or no server names (nothing else is consulted).
+            MCPServerNotFoundError, MCPConfigError: a server name is unknown or disabled (LM Studio not asked).
             ModelNotFoundError, LLMConnectionError, ...: the model cannot be used (before any server starts).
-            MCPServerNotFoundError, MCPConfigError, MCPServerStartError: the servers cannot be used.
+            MCPServerStartError: the servers cannot be started.
         """
         token = run_id.set(new_run_id())
         try:
@@ -139,8 +164,9 @@ class DynamicAutonomousAgent:
         progress: ProgressReporter | None,
         hooks: Sequence[RunHooks],
     ) -> RunResult:
-        resolved = await self.catalog.resolve(model)
+        check_request(servers, task)
         entries, notes = await self._entries(servers)
+        resolved = await self.catalog.resolve(model)
         leases = {entry.name: self.pool.lease(entry) for entry in entries}
         try:
             tools_by_server, start_notes = await self._tools(leases)

@@ -183,6 +183,11 @@ class MCPDiscovery:
             return self._keep_last_good(
                 f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}", path, exc.lineno
             )
+        except RecursionError:
+            # `[` x 200000: Python's parser gives up on nesting this deep; so does every reader of the file.
+            return self._keep_last_good(
+                f"{path}: invalid JSON: its arrays or objects are nested too deeply to be read", path, None
+            )
         except (OSError, UnicodeDecodeError) as exc:
             return self._keep_last_good(f"{path}: cannot be read: {exc}", path, None)
         servers_doc = document.get("mcpServers") if isinstance(document, dict) else None

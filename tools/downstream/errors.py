@@ -5,8 +5,10 @@
     ├── MCPServerNotFoundError    no server of that name in the file           .name .known .config_path
     ├── MCPServerStartError       a server did not start or initialize   .name .reason .stderr_tail .exit_code
     ├── MCPServerCrashedError     a running server died (a call in flight on it fails)   .name
+    ├── MCPSessionClosedError     the bridge closed the session under a call   .server .tool .reason
     ├── MCPToolTimeoutError       one tool call ran past its bound             .server .tool .timeout_s
     └── MCPToolCallError          the call failed for another reason           .server .tool .reason
+        └── MCPServerReportedError  the server answered with a JSON-RPC error    .code .server_message
 
 `tools.downstream.discovery` raises the first two, `tools.downstream.pool` the others; the pool is the one
 place where the SDK's errors (`MCPError`, transport errors) become these. Every message says what
@@ -91,6 +93,20 @@ class MCPServerCrashedError(MCPBridgeError):
         )
 
 
+class MCPSessionClosedError(MCPBridgeError):
+    """The bridge closed the session while a call was running on it (shutdown, a config change)."""
+
+    def __init__(self, server: str, tool: str, reason: str) -> None:
+        self.server = server
+        self.tool = tool
+        self.reason = reason
+        super().__init__(
+            f"MCP server {server!r} was closed while tool {tool!r} was running ({reason}), so the call did not "
+            "finish. Nothing is wrong with the call itself: retry it, and the server starts again from the "
+            "config file as it is now."
+        )
+
+
 class MCPToolTimeoutError(MCPBridgeError):
     """A tool call did not answer within its bound; the server was asked to cancel it."""
 
@@ -104,14 +120,29 @@ class MCPToolTimeoutError(MCPBridgeError):
         )
 
 
-class MCPToolCallError(MCPBridgeError):
-    """A tool call failed at the protocol level (unknown tool, bad arguments, a closed session)."""
+_CHECK_THE_CALL = "Check the tool name and arguments against the server's tool list."
+# JSON-RPC errors that are about the call itself (unknown method or tool, invalid params or request).
+_CALL_ERRORS = frozenset({-32600, -32601, -32602})
 
-    def __init__(self, server: str, tool: str, reason: str) -> None:
+
+class MCPToolCallError(MCPBridgeError):
+    """A tool call failed at the protocol level (unknown tool, bad arguments, an unreadable answer)."""
+
+    def __init__(self, server: str, tool: str, reason: str, *, hint: str = _CHECK_THE_CALL) -> None:
         self.server = server
         self.tool = tool
         self.reason = reason
-        super().__init__(
-            f"Calling tool {tool!r} of MCP server {server!r} failed: {reason}. "
-            "Check the tool name and arguments against the server's tool list."
-        )
+        super().__init__(f"Calling tool {tool!r} of MCP server {server!r} failed: {reason}. {hint}")
+
+
+class MCPServerReportedError(MCPToolCallError):
+    """The server answered the call with a JSON-RPC error of its own; its session is fine and stays in use.
+
+    The server's message is passed on as is: it is the best account of what went wrong.
+    """
+
+    def __init__(self, server: str, tool: str, code: int, server_message: str) -> None:
+        self.code = code
+        self.server_message = server_message
+        hint = _CHECK_THE_CALL if code in _CALL_ERRORS else "The server is still running: retry, or try another way."
+        super().__init__(server, tool, f"the server answered with JSON-RPC error {code}: {server_message}", hint=hint)

@@ -248,10 +248,11 @@ class MCPSessionPool:
                     async with AsyncExitStack() as stack:
                         client = Client(
                             open_transport(entry, errlog, session.took_process, timeout_s=self._start_timeout_s),
-                            # initialize is bounded by start_timeout_s (the scope above), not by the call
-                            # timeout: a slow starter (npx fetching a package) is not a slow tool. Every
-                            # later request carries its own bound (see _request and call_tool).
-                            read_timeout_seconds=max(self.call_timeout_s, self._start_timeout_s),
+                            # No SDK timeout: initialize is bounded by start_timeout_s (the scope above), not
+                            # by the call timeout (a slow starter, npx fetching a package, is not a slow tool),
+                            # and every later request by `ServerSession.request`. So a -32001 error can only
+                            # be the server's own (see tools.downstream.session).
+                            read_timeout_seconds=None,
                             message_handler=session.on_message,
                             mode=_PROTOCOL_MODE,
                             cache=None,  # the pool caches the tool list itself and refreshes on list_changed

@@ -5,6 +5,13 @@ tool list, the process, leases and retirement) and how a request is sent on it: 
 SDK's errors translated into `tools.downstream.errors` (a closed connection marks it crashed, so
 its next use starts a new one).
 
+A JSON-RPC error the server sent and one the SDK raised itself arrive as the same `MCPError`, and
+the SDK's own codes (-32000 connection closed, -32001 request timeout) are codes servers use too.
+They are told apart by what the bridge controls: it never gives the SDK a timeout (every request is
+bounded here, by `asyncio.timeout`), so a -32001 is always the server's; a -32000 is the SDK's only
+when the connection has really ended (`transports.connection_ended`). A server's error is passed on
+with its message, and its session stays in use.
+
 `SessionLease` is one run's hold on one server (see `tools.downstream.pool` for what leases
 guarantee); the pool hands them out.
 """
@@ -31,9 +38,12 @@ from tools.downstream.entries import ServerEntry
 from tools.downstream.errors import (
     MCPBridgeError,
     MCPServerCrashedError,
+    MCPServerReportedError,
+    MCPSessionClosedError,
     MCPToolCallError,
     MCPToolTimeoutError,
 )
+from tools.downstream.transports import connection_ended
 
 if TYPE_CHECKING:
     from tools.downstream.pool import MCPSessionPool
@@ -42,8 +52,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A call gets its read timeout from the session; this outer bound also covers extra input rounds.
-_CALL_GRACE_S = 1.0
 _TOOL_PAGES_MAX = 100
 _STDERR_TAIL_BYTES = 4096
 _STDERR_TAIL_LINES = 20
@@ -127,12 +135,13 @@ class ServerSession:
         if client is None:
             raise MCPServerCrashedError(name)
         try:
-            async with asyncio.timeout(timeout_s + _CALL_GRACE_S):
+            # The one bound of the request (the SDK is given none, see the module docstring).
+            async with asyncio.timeout(timeout_s):
                 return await send(client)
         except TimeoutError:
             raise MCPToolTimeoutError(name, what, timeout_s) from None
         except MCPError as exc:
-            raise self._translate(what, timeout_s, exc) from exc
+            raise self._translate(what, client, exc) from exc
         except (ValidationError, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError) as exc:
             if not session.usable:
                 raise MCPServerCrashedError(name) from exc
@@ -140,19 +149,16 @@ class ServerSession:
         finally:
             session.last_used = time.monotonic()
 
-    def _translate(self, what: str, timeout_s: float, exc: MCPError) -> MCPBridgeError:
-        session = self
-        name = session.entry.name
-        if exc.code == types.REQUEST_TIMEOUT:
-            return MCPToolTimeoutError(name, what, timeout_s)
-        if exc.code == types.CONNECTION_CLOSED:
-            if session.close_reason is not None and not session.crashed:
-                return MCPToolCallError(name, what, f"the session was closed ({session.close_reason}) during the call")
+    def _translate(self, what: str, client: Client, exc: MCPError) -> MCPBridgeError:
+        name = self.entry.name
+        if exc.code == types.CONNECTION_CLOSED and connection_ended(client, exc):
+            if self.close_reason is not None and not self.crashed:
+                return MCPSessionClosedError(name, what, self.close_reason)
             # Dead: the next use starts a new process even if the runner has not noticed yet.
-            session.crashed = True
-            session.stop.set()
+            self.crashed = True
+            self.stop.set()
             return MCPServerCrashedError(name)
-        return MCPToolCallError(name, what, f"{exc.message} (JSON-RPC error {exc.code})")
+        return MCPServerReportedError(name, what, exc.code, exc.message)
 
 
 async def fetch_tools(client: Client) -> list[types.Tool]:
@@ -219,7 +225,9 @@ class SessionLease:
         if session is not None and session.usable:
             return session
         if self._released:
-            raise MCPToolCallError(self.entry.name, "(any)", "the task that held this server has ended")
+            raise MCPToolCallError(
+                self.entry.name, "(any)", "the task that held this server has ended", hint="Start a new task."
+            )
         fresh = await self._pool._session_for(self.entry)
         if self._session is not None:
             self._pool._let_go(self._session)
@@ -247,13 +255,13 @@ class SessionLease:
             MCPServerStartError: the server could not be started.
             MCPServerCrashedError: the server died during the call (it restarts on next use).
             MCPToolTimeoutError: no answer within `timeout_s` (default: the pool's call timeout).
-            MCPToolCallError: the server rejected the call (unknown tool, invalid arguments, ...).
+            MCPSessionClosedError: the bridge closed the session during the call (shutting down).
+            MCPToolCallError: the server rejected the call (unknown tool, invalid arguments, ...);
+                `MCPServerReportedError` when it answered with a JSON-RPC error of its own.
         """
         timeout = self._pool.call_timeout_s if timeout_s is None else timeout_s
         session = await self._current()
-        return await session.request(
-            tool, timeout, lambda c: c.call_tool(tool, arguments, read_timeout_seconds=timeout)
-        )
+        return await session.request(tool, timeout, lambda c: c.call_tool(tool, arguments))
 
     def release(self) -> None:
         """The run is over: the session may be reaped when idle, or closed if a reload retired it."""

@@ -1,6 +1,7 @@
 """How the bridge connects to one downstream server, and every workaround for what the SDK does not expose.
 
     open_transport(entry, errlog, on_process)  the async context manager `mcp.Client` takes
+    connection_ended(client, error)            whether a CONNECTION_CLOSED error is the SDK's own
 
 The SDK workarounds, all here and each guarded by tests/test_transports.py (which fails loudly
 when an `mcp` upgrade breaks one):
@@ -15,6 +16,11 @@ when an `mcp` upgrade breaks one):
 3. A stdout line that is not valid UTF-8 must not wedge the session: the parameters ask the SDK to
    decode with `errors="replace"`, so the line fails JSON parsing and is reported like any other
    bad line instead of killing the reader.
+4. Whether a JSON-RPC error -32000 ("connection closed") came from the server or from the SDK: both
+   arrive as the same `MCPError`. The SDK raises its own when the connection has ended, and its
+   dispatcher (`client.session._dispatcher`) marks itself `_closed` before it wakes the waiting
+   requests with it (`jsonrpc_dispatcher.py`, `run()` and `_fan_out_closed`); a write onto a
+   transport already torn down raises it `from None`. A server's error arrives on a live connection.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ from contextlib import asynccontextmanager
 from typing import IO, Any
 
 import anyio.abc
-from mcp import StdioServerParameters
+from mcp import Client, StdioServerParameters
 from mcp.client.sse import sse_client
 from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
 
 from tools.downstream.entries import ServerEntry, SseEntry, StdioEntry
 
@@ -87,6 +94,22 @@ def spawned_process(spawn: object) -> anyio.abc.Process | None:
     frame = getattr(getattr(spawn, "gen", None), "ag_frame", None)
     process = frame.f_locals.get("process") if frame is not None else None
     return process if isinstance(process, anyio.abc.Process) else None
+
+
+def connection_ended(client: Client, error: MCPError) -> bool:
+    """Whether `error` (JSON-RPC code -32000) was raised by the SDK because the connection ended (see above).
+
+    A server may send -32000 itself (the spec leaves -32000..-32099 to implementations): then the
+    connection is still open and this is False. When the SDK's internals cannot be read (a future
+    `mcp`), True: the error is taken for the end of the connection, as before.
+    """
+    session = getattr(client, "_session", None)
+    if session is None:
+        return True  # the client has already left its session
+    closed = getattr(getattr(session, "_dispatcher", None), "_closed", None)
+    if not isinstance(closed, bool):
+        return True
+    return closed or error.__suppress_context__
 
 
 def _kill_leftovers(pgid: int) -> None:
