@@ -151,6 +151,22 @@ class Settings(BaseSettings):
         # `FOO=` in a shell or an MCP config's env means "not set", not "the empty string".
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("lmstudio_api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # The key goes into an HTTP header: a control character (a trailing newline pasted with
+        # it) or non-ASCII text would make every request fail, and every error quote it escaped,
+        # past the masking, which looks for the key as it is.
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if any(not 0x20 <= ord(ch) < 0x7F for ch in key):
+            raise ValueError(
+                "contains a control character (a trailing newline or \\r?), a tab or non-ASCII text; "
+                "copy the key again, without them"
+            )
+        return value
+
     @field_validator("lmstudio_base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
