@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     mcp_json_path: Path | None = Field(
         None, description="The .mcp.json to use; unset searches ./.mcp.json, ~/.lmstudio/mcp.json, ~/.mcp.json."
     )
+    mcp_trust_project_config: bool = Field(
+        False,
+        description="Start every server of a project's ./.mcp.json, not only those approved in Claude Code.",
+    )
     mcp_start_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Time for a downstream MCP server to start and initialize."
     )

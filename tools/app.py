@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from mcp.server.mcpserver import Context
 
@@ -49,8 +50,12 @@ class AppState:
 
 
 @asynccontextmanager
-async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
-    """Build the bridge's long-lived parts, and close them all (MCP sessions, HTTP client) on exit."""
+async def bridge_state(settings: Settings, *, home: Path | None = None) -> AsyncIterator[AppState]:
+    """Build the bridge's long-lived parts, and close them all (MCP sessions, HTTP client) on exit.
+
+    `home` is where the user's own files are looked for (config files, Claude Code's approvals);
+    the user's home directory unless a test gives another.
+    """
     register_secret(settings.lmstudio_api_key.get_secret_value() if settings.lmstudio_api_key else None)
     async with AsyncExitStack() as stack:
         metrics = Metrics()
@@ -64,7 +69,9 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
             max_concurrency=settings.lmstudio_max_concurrency,
         )
         capabilities = ServerCapabilities(llm.base_url, settings.lmstudio_api_mode)
-        discovery = MCPDiscovery(settings.mcp_json_path)
+        discovery = MCPDiscovery(
+            settings.mcp_json_path, home=home, trust_project=settings.mcp_trust_project_config
+        )
         pool = await stack.enter_async_context(
             MCPSessionPool(
                 start_timeout_s=settings.mcp_start_timeout_s,

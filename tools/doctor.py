@@ -9,21 +9,24 @@ use (a DEFAULT_MODEL the server lacks is a failure, with suggestions), the effec
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from config import Settings
 from llm.exceptions import LLMError
 from tools.app import AppState, bridge_state
 from tools.downstream.errors import MCPBridgeError
+from utils.logging import redact
 
 
-async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) -> int:
+async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO, home: Path | None = None) -> int:
     """Check the model server and the MCP config, print what was found; 0 when a usable model answers."""
 
     def say(line: str = "") -> None:
-        out.write(line + "\n")
+        # Entries' urls and args, server errors and stderr tails can carry tokens: masked like the logs.
+        out.write(redact(line) + "\n")
 
-    async with bridge_state(settings) as state:
+    async with bridge_state(settings, home=home) as state:
         healthy = await _check_model_server(state, say)
         say()
         say("Configuration (secrets masked)")

@@ -19,7 +19,7 @@ from mcp.types import CallToolResult, TextContent
 from config import ConfigError
 from llm.exceptions import LLMError
 from tools.downstream.errors import MCPBridgeError
-from utils.logging import redact
+from utils.logging import redact, redact_data
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +31,9 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (LLMError, MCPBridgeError, Config
 def _scrubbed(data: Mapping[str, object] | None) -> dict[str, object] | None:
     if data is None:
         return None
-    # Through JSON is the simplest way to reach every nested string; parse back only if something changed.
-    text = json.dumps(data, default=str)
-    scrubbed = redact(text)
-    return dict(data) if scrubbed == text else json.loads(scrubbed)
+    scrubbed = redact_data(dict(data))
+    assert isinstance(scrubbed, dict)
+    return scrubbed
 
 
 def success(text: str, data: Mapping[str, object] | None = None) -> CallToolResult:

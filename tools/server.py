@@ -6,6 +6,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -69,12 +70,12 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def create_server(settings: Settings) -> MCPServer[AppState]:
-    """Build the MCP server; nothing connects until a client starts its lifespan."""
+def create_server(settings: Settings, *, home: Path | None = None) -> MCPServer[AppState]:
+    """Build the MCP server; nothing connects until a client starts its lifespan (`home`: see `bridge_state`)."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        async with bridge_state(settings) as state:
+        async with bridge_state(settings, home=home) as state:
             yield state
 
     mcp: MCPServer[AppState] = BridgeServer(

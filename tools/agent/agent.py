@@ -198,6 +198,13 @@ class DynamicAutonomousAgent:
             notes.append(self.discovery.parse_error)
         if names is None:
             entries = [e for e in self.discovery.servers().values() if not e.disabled]
+            if not entries and self.discovery.untrusted and not self.discovery.parse_error:
+                why = next(iter(self.discovery.untrusted.values()))
+                raise MCPConfigError(
+                    f"None of the servers in {self.discovery.path} may start "
+                    f"({', '.join(self.discovery.untrusted)}): {why}.",
+                    path=self.discovery.path,
+                )
             if not entries:
                 raise MCPConfigError(
                     self.discovery.parse_error
