@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 import anyio
@@ -52,8 +53,12 @@ def cli(argv: list[str] | None = None) -> int:
 
         return asyncio.run(run_doctor(settings, start_servers=args.servers, out=sys.stdout))
 
+    from tools.downstream.transports import launched_by_bridge
     from tools.server import create_server, serve_stdio
 
+    if refusal := launched_by_bridge(os.environ):
+        sys.stderr.write(f"lmstudio-bridge: {refusal}\n")
+        return 2
     anyio.run(serve_stdio, create_server(settings))
     return 0
 

@@ -24,6 +24,8 @@ from tests.support.bridge import (
     bridge_env,
     bridge_settings,
     in_process_bridge,
+    isolated_home,
+    processes_mentioning,
     subprocess_params,
     text_of,
     write_mcp_json,
@@ -340,3 +342,55 @@ def test_doctor_masks_a_token_in_a_servers_url(tmp_path: Path) -> None:
     assert "  FAIL  remote (http): MCP server 'remote' failed to start" in result.stdout
     assert "http://127.0.0.1:9/mcp?key=***" in result.stdout
     assert "dr-key-31f0a" not in result.stdout + result.stderr
+
+
+# --- no bridge inside a bridge, whatever the command line ---------------------------------------------
+
+
+def test_a_bridge_started_by_a_bridge_refuses_to_serve_naming_its_parent() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py")],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(isolated_home()), "PYTHONPATH": str(ROOT),
+             "LMSTUDIO_BRIDGE_PARENT": "4242"},
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL, check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        "lmstudio-bridge: not starting: this process was started by another lmstudio-bridge (pid 4242) as one of "
+        "its MCP servers (LMSTUDIO_BRIDGE_PARENT is set). A bridge inside a bridge would start itself again without "
+        "end; remove the entry that starts it from that bridge's .mcp.json\n"
+    )
+
+
+@pytest.mark.parametrize("launch", ["wrapper script", "python -c import main"])
+async def test_an_entry_that_reaches_the_bridge_through_any_command_line_is_refused_at_run_time(
+    tmp_path: Path, launch: str
+) -> None:
+    """The command-line check cannot see through a wrapper; the marker in the child's environment can."""
+    mcp_json = tmp_path / ".mcp.json"
+    with FakeLMStudio(script=lambda request: Turn(text="nested answer")) as fake:
+        env = {**bridge_env(fake.url, mcp_json), "PYTHONPATH": str(ROOT), "LMSB_MARK": str(tmp_path)}
+        if launch == "wrapper script":
+            wrapper = tmp_path / "start-helper.sh"
+            wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{ROOT / "main.py"}" "$@"\n')
+            wrapper.chmod(0o755)
+            entry: dict[str, object] = {"command": str(wrapper), "env": env}
+        else:
+            entry = {"command": sys.executable, "args": ["-c", "import main, sys; sys.exit(main.cli())"], "env": env}
+        write_mcp_json(mcp_json, {"helper": entry})
+        with anyio.fail_after(60):
+            async with Client(subprocess_params(env), read_timeout_seconds=30) as client:
+                nested = await client.call_tool("autonomous_with_mcp", {"mcp_name": "helper", "task": "x"})
+
+    assert nested.is_error, text_of(nested)
+    assert text_of(nested).startswith("Error: MCP server 'helper' failed to start: ")
+    assert " It exited with code 2. " in text_of(nested)
+    assert text_of(nested).endswith(
+        "LMSTUDIO_BRIDGE_PARENT is set). A bridge inside a bridge would start itself again without end; remove the "
+        "entry that starts it from that bridge's .mcp.json"
+    )
+    with anyio.fail_after(15):
+        while processes_mentioning(str(tmp_path)):
+            await anyio.sleep(0.05)

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
+import anyio
 import anyio.abc
 import mcp
 from mcp import StdioServerParameters
@@ -42,3 +45,16 @@ def test_the_private_http_client_factory_is_still_there() -> None:
 def test_stdio_parameters_still_take_a_decoding_error_handler() -> None:
     params = StdioServerParameters(command="x", encoding_error_handler="replace")
     assert params.encoding_error_handler == "replace"
+
+
+async def test_every_stdio_child_gets_the_bridge_marker_in_its_environment(tmp_path: Path) -> None:
+    """The SDK merges an entry's env into the child's: the self-launch guard depends on it."""
+    code = "import os, sys; sys.stderr.write(os.environ.get('LMSTUDIO_BRIDGE_PARENT', 'missing')); sys.stderr.flush(); sys.stdin.read()"
+    entry = StdioEntry(name="env", command=sys.executable, args=["-c", code], env={"OTHER": "1"})
+    errlog_path = tmp_path / "stderr"
+    with errlog_path.open("w") as errlog:
+        async with open_transport(entry, errlog, lambda process: None, timeout_s=5):
+            with anyio.fail_after(10):
+                while not errlog_path.read_text():
+                    await anyio.sleep(0.01)
+    assert errlog_path.read_text() == str(os.getpid())

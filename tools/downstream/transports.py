@@ -15,6 +15,10 @@ when an `mcp` upgrade breaks one):
 3. A stdout line that is not valid UTF-8 must not wedge the session: the parameters ask the SDK to
    decode with `errors="replace"`, so the line fails JSON parsing and is reported like any other
    bad line instead of killing the reader.
+
+Every stdio child gets `BRIDGE_MARKER` in its environment (the bridge's pid): a bridge that finds
+it at start was launched, however indirectly (a wrapper script, a symlink, `python -c "import
+main"`), by another bridge, and refuses to serve (`launched_by_bridge`), so no chain can recurse.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import IO, Any
 
@@ -38,6 +42,9 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from tools.downstream.entries import ServerEntry, SseEntry, StdioEntry
 
 logger = logging.getLogger(__name__)
+
+BRIDGE_MARKER = "LMSTUDIO_BRIDGE_PARENT"
+"""Set to the bridge's pid in the environment of every server it starts."""
 
 # What the SDK's transports yield: (ReadStream[SessionMessage | Exception], WriteStream[SessionMessage]).
 TransportContext = contextlib.AbstractAsyncContextManager[tuple[Any, Any]]
@@ -53,7 +60,7 @@ def open_transport(
         params = StdioServerParameters(
             command=entry.command,
             args=list(entry.args),
-            env=dict(entry.env) or None,
+            env={**entry.env, BRIDGE_MARKER: str(os.getpid())},
             cwd=entry.cwd,
             encoding_error_handler="replace",
         )
@@ -61,6 +68,18 @@ def open_transport(
     if isinstance(entry, SseEntry):
         return sse_client(entry.url, headers=dict(entry.headers) or None, timeout=timeout_s)
     return _http_transport(entry.url, dict(entry.headers))
+
+
+def launched_by_bridge(environ: Mapping[str, str]) -> str | None:
+    """Why this process must not serve: another bridge started it (its marker is set), else None."""
+    parent = environ.get(BRIDGE_MARKER)
+    if parent is None:
+        return None
+    return (
+        f"not starting: this process was started by another lmstudio-bridge (pid {parent}) as one of its MCP "
+        f"servers ({BRIDGE_MARKER} is set). A bridge inside a bridge would start itself again without end; "
+        "remove the entry that starts it from that bridge's .mcp.json"
+    )
 
 
 @asynccontextmanager
