@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     lmstudio_request_timeout_s: float = Field(
         300.0, gt=0, le=3600, description="Read timeout for one LM Studio request (a generation can be slow)."
     )
+    lmstudio_call_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="Wall-clock bound of one call to a model: its wait in the model's queue, retries and the "
+        "whole answer.",
+    )
+    lmstudio_max_answer_mb: float = Field(
+        32.0, gt=0, le=4096, description="Most data one answer from LM Studio may carry (streamed or not), in MB."
+    )
     lmstudio_retry_attempts: int = Field(3, ge=1, le=10, description="Attempts per LM Studio request.")
     lmstudio_retry_base_delay_s: float = Field(0.5, ge=0, le=60, description="First retry delay; doubles.")
     lmstudio_retry_max_delay_s: float = Field(8.0, ge=0, le=300, description="Cap on one retry delay.")

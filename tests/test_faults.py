@@ -27,7 +27,8 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from config import load_config
-from llm.exceptions import LLMResponseError, LLMServerError
+from llm.bounds import bounded_call
+from llm.exceptions import CallTimeoutError, LLMResponseError, LLMServerError
 from llm.llm_client import ClientOptions, LLMClient
 from llm.models import ResolvedModel
 from tests.support.bridge import (
@@ -327,6 +328,76 @@ async def test_a_read_timeout_names_the_setting_to_raise_and_the_next_call_works
         "A big model or a long prompt can need more: raise LMSTUDIO_REQUEST_TIMEOUT_S."
     )
     assert text_of(again) == "In time."
+
+
+async def test_a_trickling_answer_is_stopped_by_the_call_timeout_naming_it_and_the_next_call_works(
+    fake: FakeLMStudio,
+) -> None:
+    """Each piece arrives well within the read timeout, so only a bound on the whole call can stop it."""
+    settings = bridge_settings(fake.url, LMSTUDIO_CALL_TIMEOUT_S="1", LMSTUDIO_REQUEST_TIMEOUT_S="30")
+    fake.set_script([Turn(endless=True, chunk_delay_s=0.05), Turn(text="Fine.")])
+    with anyio.fail_after(30):
+        async with in_process_bridge(settings) as client:
+            trickling = await chat(client)
+            again = await chat(client)
+    assert error_text(trickling) == (
+        f"Error: LM Studio did not finish answering {fake.url}/v1/chat/completions for model 'qwen/qwen3-coder-30b' "
+        "within 1 s (LMSTUDIO_CALL_TIMEOUT_S); the call was stopped and its place in the model's queue freed. "
+        "A long answer needs a lower max_tokens or a higher LMSTUDIO_CALL_TIMEOUT_S."
+    )
+    assert text_of(again) == "Fine."
+
+
+async def test_a_stuck_call_frees_its_models_only_queue_slot_for_the_next_call(fake: FakeLMStudio) -> None:
+    settings = bridge_settings(fake.url, LMSTUDIO_CALL_TIMEOUT_S="1", LMSTUDIO_MAX_CONCURRENCY="1")
+    fake.set_script([Turn(hang=True), Turn(text="My turn.")])
+    with anyio.fail_after(30):
+        async with in_process_bridge(settings) as client:
+            stuck = await chat(client)
+            after = await chat(client)
+    assert "did not finish answering" in error_text(stuck)
+    assert text_of(after) == "My turn."
+
+
+async def test_a_call_that_waits_in_a_full_queue_past_the_bound_says_so() -> None:
+    queue = asyncio.Semaphore(1)
+    await queue.acquire()  # a call that never ends holds the only slot
+    with pytest.raises(CallTimeoutError) as caught:
+        async with bounded_call(queue, 0.05, url="http://localhost:1234/v1/chat/completions", model="m"):
+            raise AssertionError("got a slot that was taken")
+    assert caught.value.in_line
+    assert str(caught.value) == (
+        "Model 'm' had no free place within 0.05 s (LMSTUDIO_CALL_TIMEOUT_S): the requests already running on it "
+        "held every slot of its queue (LMSTUDIO_MAX_CONCURRENCY). Retry when they are done, or raise "
+        "LMSTUDIO_MAX_CONCURRENCY if LM Studio runs more requests of it in parallel."
+    )
+
+
+@pytest.mark.parametrize("tool", ["chat_completion", "text_completion", "create_response"])
+async def test_an_endless_answer_is_cut_at_the_answer_cap_and_memory_stays_bounded(
+    fake: FakeLMStudio, tool: str
+) -> None:
+    """chat_completion streams; text_completion and create_response read a whole body: both are capped."""
+    path = {"chat_completion": "/v1/chat/completions", "text_completion": "/v1/completions",
+            "create_response": "/v1/responses"}[tool]
+    argument = "input" if tool == "create_response" else "prompt"
+    settings = bridge_settings(fake.url, LMSTUDIO_MAX_ANSWER_MB="1", LMSTUDIO_REQUEST_TIMEOUT_S="30")
+    fake.set_script([Turn(endless=True), Turn(text="Back to normal.")])
+    with anyio.fail_after(30):
+        async with in_process_bridge(settings) as client:
+            tracemalloc.start()
+            try:
+                endless = await client.call_tool(tool, {argument: "go on"})
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            again = await client.call_tool(tool, {argument: "hi"})
+    assert error_text(endless) == (
+        f"Error: LM Studio's answer from {fake.url}{path} passed 1 MB (LMSTUDIO_MAX_ANSWER_MB) and was stopped there: "
+        "the model may be repeating itself without end. Set a lower max_tokens, or raise LMSTUDIO_MAX_ANSWER_MB."
+    )
+    assert text_of(again).startswith("Back to normal.")
+    assert peak < 40 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB while reading a 1 MB-capped endless answer"
 
 
 async def test_a_slow_first_token_within_the_timeout_works_and_progress_is_reported(fake: FakeLMStudio) -> None:
