@@ -651,6 +651,28 @@ async def test_a_slow_starting_server_is_bounded_by_the_start_timeout_not_the_to
     assert tool_outputs(model_requests(fake)[1]) == ["up"]
 
 
+async def test_the_autonomous_timeout_bounds_the_whole_call_including_server_start_up(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    """A server that takes its whole MCP_START_TIMEOUT_S to start must not stretch a 1 s task to 30 s."""
+    slow = python_entry("import time; time.sleep(60)", marker)
+    settings = bridge_settings(
+        fake.url, config(tmp_path, marker, slow=slow), AUTONOMOUS_TIMEOUT_S="1", MCP_START_TIMEOUT_S="30"
+    )
+    async with in_process_bridge(settings) as client:
+        with anyio.fail_after(15):
+            result = await run(client, "slow")
+    assert not result.is_error
+    assert text_of(result).startswith("[Run stopped early because it ran out of time after 1 s (AUTONOMOUS_TIMEOUT_S).")
+    assert result.structured_content["stop_reason"] == "timeout"
+    assert result.structured_content["rounds"] == 0 and result.structured_content["model"] == "qwen/qwen3-coder-30b"
+    assert result.structured_content["notes"] == [
+        "AUTONOMOUS_TIMEOUT_S (1 s) ran out while starting MCP servers (slow still starting; MCP_START_TIMEOUT_S "
+        "allows 30 s)"
+    ]
+    assert fake.generation_requests() == []
+
+
 async def test_a_server_crashing_mid_call_goes_back_to_the_model_and_restarts_for_the_next_call(
     fake: FakeLMStudio, tmp_path: Path, marker: str
 ) -> None:
