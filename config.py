@@ -134,6 +134,14 @@ class Settings(BaseSettings):
         20000, ge=200, le=5_000_000, description="Longest tool output handed to the model; longer is cut."
     )
 
+    result_max_chars: int = Field(
+        80_000,
+        ge=1000,
+        le=10_000_000,
+        description="Longest text a tool returns to Claude (each text and each string of structured content); "
+        "longer is cut in the middle with a marker.",
+    )
+
     # --- Logging ----------------------------------------------------------------------------
     log_level: LogLevel = Field("INFO", description="Log level (logs go to stderr).")
     log_format: Literal["text", "json"] = Field("text", description="text or json log lines.")

@@ -892,3 +892,43 @@ async def test_bad_caller_input_is_an_error_naming_the_parameter_and_the_next_ca
                 assert not good.is_error and text_of(good) == "Fine.", text_of(good)
     assert "Did you mean qwen/qwen3-coder-30b?" in messages[next(k for k in messages if "qwen3-coder" in k)]
     assert not fake.generation_requests()[0].body.get("model") == "qwen/qwen3-coder"
+
+
+# --- what goes back to Claude ------------------------------------------------------------------------
+
+
+async def test_a_huge_answer_reaches_claude_once_and_cut_to_result_max_chars_with_a_marker(fake: FakeLMStudio) -> None:
+    answer = "A" * 150_000 + "the conclusion."
+    fake.set_script([Turn(text=answer)])
+    async with in_process_bridge(bridge_settings(fake.url, RESULT_MAX_CHARS="10000")) as client:
+        result = await chat(client)
+    (block,) = result.content
+    assert block.text == (
+        "A" * 8000 + "\n\n[... 140015 of 150015 characters cut here by the bridge (RESULT_MAX_CHARS = 10000) ...]\n\n"
+        + "A" * 1985 + "the conclusion."
+    )
+    # Claude Code would show only the structured content, Claude Desktop only the text: one copy, as text.
+    assert result.structured_content is None
+    summary = result.meta["lmstudio-bridge/result"]
+    assert summary["answer"] is None and summary["model"] == "qwen/qwen3-coder-30b" and summary["finish_reason"] == "stop"
+
+
+async def test_an_autonomous_runs_huge_answer_is_cut_and_sent_once_with_its_summary_in_meta(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    fake.set_script([Turn(text="B" * 200_000)])
+    settings = bridge_settings(fake.url, config(tmp_path, marker), RESULT_MAX_CHARS="5000")
+    async with in_process_bridge(settings) as client:
+        result = await run(client)
+    assert len(text_of(result)) < 5200 and "characters cut here by the bridge (RESULT_MAX_CHARS = 5000)" in text_of(result)
+    assert result.structured_content is None
+    assert result.meta["lmstudio-bridge/result"]["stop_reason"] == "completed"
+    assert result.meta["lmstudio-bridge/result"]["answer"] is None
+
+
+async def test_a_short_answer_keeps_both_its_text_and_its_structured_content(fake: FakeLMStudio) -> None:
+    fake.set_script([Turn(text="Short and sweet.")])
+    async with in_process_bridge(bridge_settings(fake.url)) as client:
+        result = await chat(client)
+    assert text_of(result) == "Short and sweet."
+    assert result.structured_content is not None and result.structured_content["answer"] == "Short and sweet."

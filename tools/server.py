@@ -20,6 +20,7 @@ from tools.app import AppState, bridge_state
 from tools.autonomous_tools import register_autonomous_tools
 from tools.bridge_tools import register_bridge_tools
 from tools.lmstudio_tools import register_lmstudio_tools
+from tools.results import bounded
 from utils.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -34,13 +35,17 @@ Every model-running tool takes an optional `model` (see list_models); leave it o
 
 
 class BridgeServer(MCPServer[AppState]):
-    """The SDK's server, with argument errors worded for the caller: `Error: invalid arguments ...`."""
+    """The SDK's server, with argument errors worded for the caller (`Error: invalid arguments ...`), and
+    every result bounded on its way out (`tools.results.bounded`: RESULT_MAX_CHARS, one copy of a long text)."""
+
+    result_max_chars: int = 80_000
 
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         try:
-            return await super().call_tool(name, arguments, context)
+            result = await super().call_tool(name, arguments, context)
+            return bounded(result, self.result_max_chars) if isinstance(result, CallToolResult) else result
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(describe_invalid_arguments(name, exc.__cause__)) from exc.__cause__
@@ -78,13 +83,14 @@ def create_server(settings: Settings, *, home: Path | None = None) -> MCPServer[
         async with bridge_state(settings, home=home) as state:
             yield state
 
-    mcp: MCPServer[AppState] = BridgeServer(
+    mcp = BridgeServer(
         "lmstudio-bridge-enhanced",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=settings.log_level,
     )
+    mcp.result_max_chars = settings.result_max_chars
     register_lmstudio_tools(mcp)
     register_autonomous_tools(mcp)
     register_bridge_tools(mcp)
