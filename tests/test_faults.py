@@ -710,6 +710,26 @@ async def test_a_hanging_tool_call_times_out_naming_server_and_tool_and_the_run_
     assert text_of(result) == "Done despite the hang."
 
 
+async def test_progress_for_many_tool_calls_in_one_turn_is_throttled(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    messages: list[str] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    fake.set_script([Turn(tool_calls=[call("echo", text=str(i)) for i in range(100)]), Turn(text="All echoed.")])
+    async with in_process_bridge(bridge_settings(fake.url, config(tmp_path, marker))) as client:
+        result = await client.call_tool(
+            "autonomous_with_mcp", {"mcp_name": "toy", "task": "echo"}, progress_callback=on_progress
+        )
+    assert text_of(result) == "All echoed." and len(result.structured_content["tool_calls"]) == 100
+    calling = [m for m in messages if ": calling " in m]
+    assert calling and calling[0].startswith("round 1: calling echo ("), messages  # the round's first call shows
+    assert len(calling) < 15, f"{len(calling)} notifications for 100 tool calls: {messages}"
+    assert messages[0].startswith("started:") and messages[-1] == "finished: completed after 2 round(s)"
+
+
 async def test_a_tool_error_result_goes_back_to_the_model_as_its_output(
     fake: FakeLMStudio, tmp_path: Path, marker: str
 ) -> None:
