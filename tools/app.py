@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 from mcp.server.mcpserver import Context
 
 from config import Settings
@@ -57,7 +58,8 @@ async def bridge_state(settings: Settings, *, home: Path | None = None) -> Async
     the user's home directory unless a test gives another.
     """
     register_secret(settings.lmstudio_api_key.get_secret_value() if settings.lmstudio_api_key else None)
-    async with AsyncExitStack() as stack:
+    stack = AsyncExitStack()
+    try:
         metrics = Metrics()
         llm = await stack.enter_async_context(LLMClient(ClientOptions.from_settings(settings), metrics=metrics))
         catalog = ModelCatalog(
@@ -100,6 +102,10 @@ async def bridge_state(settings: Settings, *, home: Path | None = None) -> Async
             metrics=metrics,
         )
         logger.info("bridge shutting down: closing MCP sessions and the LM Studio client")
+    finally:
+        # Shielded: a shutdown that began as a cancellation must still stop every child (each close is bounded).
+        with anyio.CancelScope(shield=True):
+            await stack.aclose()
 
 
 def app_state(ctx: Context) -> AppState:

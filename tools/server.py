@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, InputRequiredResult
@@ -21,6 +19,7 @@ from tools.autonomous_tools import register_autonomous_tools
 from tools.bridge_tools import register_bridge_tools
 from tools.lmstudio_tools import register_lmstudio_tools
 from tools.results import bounded
+from tools.stdio import serve_until_stopped
 from utils.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -100,18 +99,7 @@ def create_server(settings: Settings, *, home: Path | None = None) -> MCPServer[
 async def serve_stdio(mcp: MCPServer[AppState]) -> None:
     """Serve over stdio until the client closes stdin or SIGTERM/SIGINT arrives, then clean up.
 
-    Handling the signals (instead of dying on them) lets the lifespan close every downstream
-    MCP server, so no child process outlives the bridge.
+    Either way the lifespan closes every downstream MCP server, so no child outlives the bridge
+    (`tools.stdio` says why the bridge reads stdin itself).
     """
-    async with anyio.create_task_group() as tg:
-
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for received in signals:
-                    logger.info("received %s: shutting down", signal.Signals(received).name)
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(stop_on_signal)
-        await mcp.run_stdio_async()
-        tg.cancel_scope.cancel()
+    await serve_until_stopped(mcp)

@@ -2,13 +2,19 @@
 
 Tools: echo, crash (the process exits mid-call), sleep (a call that hangs), big (a large
 result), image (an image result), garbage (writes a non-JSON line to stdout, then answers),
-fail (an isError result).
+fail (an isError result), stderr_burst (writes `mb` megabytes to its stderr, then answers).
+
+Misbehaving on shutdown, for the shutdown tests: with TOY_IGNORE_EOF=1 it stays alive after its
+stdin closes (as some servers do), with TOY_IGNORE_TERM=1 it ignores SIGTERM too.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import signal
+import sys
+import time
 
 import anyio
 from mcp.server.mcpserver import Image, MCPServer
@@ -66,5 +72,20 @@ def fail() -> str:
     raise ToolError("the toy tool failed on purpose")
 
 
+@server.tool()
+def stderr_burst(mb: float) -> str:
+    """Write `mb` megabytes of text to stderr, then answer."""
+    line = "noise " * 170 + "\n"  # about 1 KiB
+    for _ in range(int(mb * 1024)):
+        sys.stderr.write(line)
+    sys.stderr.flush()
+    return f"wrote {mb} MB to stderr"
+
+
 if __name__ == "__main__":
+    if os.environ.get("TOY_IGNORE_TERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     server.run()
+    if os.environ.get("TOY_IGNORE_EOF") == "1":
+        while True:
+            time.sleep(3600)
