@@ -33,7 +33,7 @@ from tests.support.bridge import (
 from tests.support.fake_lmstudio import FakeLMStudio, Turn
 from tools.downstream.discovery import MCPDiscovery
 from tools.downstream.errors import MCPConfigError
-from utils.logging import configure_logging
+from utils.logging import configure_logging, redact
 
 # --- LMSTUDIO_API_KEY ------------------------------------------------------------------------------
 
@@ -394,3 +394,13 @@ async def test_an_entry_that_reaches_the_bridge_through_any_command_line_is_refu
     with anyio.fail_after(15):
         while processes_mentioning(str(tmp_path)):
             await anyio.sleep(0.05)
+
+
+def test_a_short_value_of_an_ordinary_variable_is_not_masked_a_long_one_is(tmp_path: Path) -> None:
+    """Masking a mode or a port everywhere would scramble ordinary words ("slowly" -> "***ly")."""
+    mcp_json = write_mcp_json(
+        tmp_path / ".mcp.json", {"x": {"command": "x", "args": ["--mode", "${LMSB_SEC_MODE}", "${LMSB_SEC_DIR}"]}}
+    )
+    MCPDiscovery(mcp_json, environ={"LMSB_SEC_MODE": "brisk", "LMSB_SEC_DIR": "/srv/private-data"}).servers()
+
+    assert redact("a brisk walk, briskly, in /srv/private-data/x") == "a brisk walk, briskly, in ***/x"

@@ -31,7 +31,8 @@ _secrets: tuple[str, ...] = ()  # longest first: a secret that contains another 
 _short_secrets: re.Pattern[str] | None = None
 _short_values: set[str] = set()
 _secrets_lock = threading.Lock()
-_MIN_SECRET_LEN = 4  # shorter values would mask ordinary words; see `any_length`
+_MIN_SECRET_LEN = 4  # shorter values only with `any_length`
+_SUBSTRING_MIN_LEN = 8  # shorter values are masked only where they stand as a word of their own
 MASK = "***"
 
 
@@ -51,18 +52,18 @@ def _written_forms(value: str) -> set[str]:
 def register_secret(value: str | None, *, any_length: bool = False) -> None:
     """Never show `value` (an API key, a header value, a value a config took from the environment).
 
-    Values of 4 characters or more are masked wherever they occur, in every written form (escaped
-    in JSON or repr, percent-encoded). A shorter value is masked only with `any_length` (a value
-    under a name that looks like a credential), and then only as a whole word, so that a 3-letter
-    password does not scramble every word that happens to contain it.
+    Values of 8 characters or more are masked wherever they occur, in every written form (escaped
+    in JSON or repr, percent-encoded); shorter ones only where they stand as a word of their own,
+    so that a 5-letter password does not scramble every word that happens to contain it. Values
+    under 4 characters are masked only with `any_length` (a value under a credential's name).
     """
     global _secrets, _short_secrets
-    if not value:
+    if not value or (len(value) < _MIN_SECRET_LEN and not any_length):
         return
     with _secrets_lock:
-        if len(value) >= _MIN_SECRET_LEN:
+        if len(value) >= _SUBSTRING_MIN_LEN:
             _secrets = tuple(sorted(set(_secrets) | _written_forms(value), key=len, reverse=True))
-        elif any_length and value not in _short_values:
+        elif value not in _short_values:
             _short_values.add(value)
             words = "|".join(re.escape(v) for v in sorted(_short_values, key=len, reverse=True))
             _short_secrets = re.compile(rf"(?<![\w-])(?:{words})(?![\w-])")

@@ -4,7 +4,9 @@
 written form. What counts:
 - every value the entry took from the environment through `${VAR}`, wherever it landed (command,
   args, env, cwd, url, headers), except the values of `PUBLIC_VARIABLES` (a home directory or a PATH
-  is in every path the bridge reports; masking it would hide more than it protects);
+  is in every path the bridge reports; masking it would hide more than it protects) and values
+  shorter than `PLAIN_MIN_CHARS` from variables whose names do not look like credentials (a mode,
+  a port, a flag: masking `slow` would turn "slowly" into "***ly" in every message);
 - the values the file itself holds under a name that looks like a credential (`CREDENTIAL_NAME`):
   in env and headers, in the url (a query parameter, the password of `user:pass@`), after an args
   flag (`--token X`, `--api-key=X`). These are masked at any length, a short one as a whole word.
@@ -26,6 +28,8 @@ PUBLIC_VARIABLES = frozenset(
     {"HOME", "USER", "LOGNAME", "PATH", "SHELL", "TERM", "PWD", "TMPDIR", "LANG", "CLAUDE_PROJECT_DIR"}
 )
 """Variables whose values are not masked where they land (every other expanded value is)."""
+PLAIN_MIN_CHARS = 8
+"""The shortest value of an ordinary variable that is masked (a credential's is, at any length)."""
 
 
 def secret_values(entry: ServerEntry, expanded: Sequence[tuple[str, str]]) -> list[tuple[str, bool]]:
@@ -34,7 +38,10 @@ def secret_values(entry: ServerEntry, expanded: Sequence[tuple[str, str]]) -> li
     `expanded` holds the (variable, value) pairs the entry took from the environment.
     """
     found = [
-        (value, bool(CREDENTIAL_NAME.search(name))) for name, value in expanded if name not in PUBLIC_VARIABLES
+        (value, credential)
+        for name, value in expanded
+        if name not in PUBLIC_VARIABLES
+        and ((credential := bool(CREDENTIAL_NAME.search(name))) or len(value) >= PLAIN_MIN_CHARS)
     ]
     if isinstance(entry, StdioEntry):
         found += [(value, True) for key, value in entry.env.items() if CREDENTIAL_NAME.search(key)]
