@@ -930,7 +930,8 @@ async def test_a_huge_answer_reaches_claude_once_and_cut_to_result_max_chars_wit
     # Claude Code would show only the structured content, Claude Desktop only the text: one copy, as text.
     assert result.structured_content is None
     summary = result.meta["lmstudio-bridge/result"]
-    assert summary["answer"] is None and summary["model"] == "qwen/qwen3-coder-30b" and summary["finish_reason"] == "stop"
+    assert summary["answer"] is None and summary["model"] == "qwen/qwen3-coder-30b"
+    assert summary["finish_reason"] == "stop"
 
 
 async def test_an_autonomous_runs_huge_answer_is_cut_and_sent_once_with_its_summary_in_meta(
@@ -940,7 +941,8 @@ async def test_an_autonomous_runs_huge_answer_is_cut_and_sent_once_with_its_summ
     settings = bridge_settings(fake.url, config(tmp_path, marker), RESULT_MAX_CHARS="5000")
     async with in_process_bridge(settings) as client:
         result = await run(client)
-    assert len(text_of(result)) < 5200 and "characters cut here by the bridge (RESULT_MAX_CHARS = 5000)" in text_of(result)
+    assert len(text_of(result)) < 5200
+    assert "characters cut here by the bridge (RESULT_MAX_CHARS = 5000)" in text_of(result)
     assert result.structured_content is None
     assert result.meta["lmstudio-bridge/result"]["stop_reason"] == "completed"
     assert result.meta["lmstudio-bridge/result"]["answer"] is None

@@ -117,7 +117,9 @@ def test_a_projects_config_starts_nothing_the_user_has_not_approved(project: Pat
 
 
 def test_servers_approved_in_claude_codes_user_file_start_and_rejected_ones_never_do(project: Path, home: Path) -> None:
-    claude_json(home, project, enabledMcpjsonServers=["tool"], disabledMcpjsonServers=["evil"], enableAllProjectMcpServers=True)
+    claude_json(
+        home, project, enabledMcpjsonServers=["tool"], disabledMcpjsonServers=["evil"], enableAllProjectMcpServers=True
+    )
 
     discovery = discovery_in(project, home, trust_project=True)
 

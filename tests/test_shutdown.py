@@ -7,6 +7,7 @@ Every process started here carries the test's tmp dir on its command line; none 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tests.support.bridge import ROOT, bridge_env, isolated_home, processes_mentioning, write_mcp_json
 from tests.support.fake_lmstudio import FakeLMStudio, Turn, call
+from tools.stdio import StdinLines
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +90,8 @@ async def bridge(fake: FakeLMStudio, tmp_path: Path, **toy_env: str) -> AsyncIte
     marker = str(tmp_path)
     fake.set_script([Turn(tool_calls=[call("echo", text="hi")]), Turn(text="echoed")])
     mcp_json = write_mcp_json(tmp_path / ".mcp.json", {"toy": toy(marker, **toy_env)})
-    env = {**bridge_env(fake.url, mcp_json), "HOME": str(isolated_home()), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    env = {**bridge_env(fake.url, mcp_json), "HOME": str(isolated_home()), "PYTHONPATH": str(ROOT),
+           "PATH": "/usr/bin:/bin"}
     # The bridge carries the marker in its environment (MCP_JSON_PATH), the toy server on its command line.
     log = (tmp_path / "bridge.log").open("w")  # a file of its own: what the bridge holds open is its own
     process = await anyio.open_process([sys.executable, str(ROOT / "main.py")], env=env, cwd=str(ROOT), stderr=log)
@@ -199,3 +202,23 @@ def resident_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+async def test_stdin_lines_join_pieces_into_lines_and_end_on_close_while_the_pipe_stays_open() -> None:
+    read_fd, write_fd = os.pipe()
+    try:
+        lines = StdinLines(read_fd)
+        os.write(write_fd, b'{"a": 1}\n{"b":')
+        os.write(write_fd, b' "\xc3\xa9"}\n')
+        with anyio.fail_after(5):
+            received = [await lines.__anext__(), await lines.__anext__()]
+            lines.close()  # what a signal does: the writer (the client) still holds the pipe open
+            with pytest.raises(StopAsyncIteration):
+                await lines.__anext__()
+        assert received == ['{"a": 1}\n', '{"b": "é"}\n']
+    finally:
+        os.close(write_fd)  # ends the daemon thread's read; then the read end can go
+        with anyio.fail_after(5):
+            while lines._thread.is_alive():
+                await anyio.sleep(0.01)
+        os.close(read_fd)

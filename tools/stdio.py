@@ -54,12 +54,15 @@ class StdinLines:
         self._thread.start()
 
     def _read(self) -> None:
-        pending = b""
+        pending = bytearray()
         try:
             while chunk := os.read(self._fd, _READ_BYTES):
-                *lines, pending = (pending + chunk).split(b"\n")
-                for raw in lines:
-                    self._hand_over(raw.decode("utf-8", errors="replace") + "\n")
+                searched = len(pending)  # a long line arriving in pieces is scanned once, not again each time
+                pending += chunk
+                while (end := pending.find(b"\n", searched)) >= 0:
+                    self._hand_over(pending[: end + 1].decode("utf-8", errors="replace"))
+                    del pending[: end + 1]
+                    searched = 0
             if pending:
                 self._hand_over(pending.decode("utf-8", errors="replace"))
             self._hand_over(_END)

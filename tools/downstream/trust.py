@@ -120,7 +120,10 @@ class ProjectApprovals:
                 if key in projects:
                     project = projects[key]
                     break
-        found = [_Choices.read(self.claude_json, project), _Choices.read(self.user_settings, self._load(self.user_settings))]
+        found = [
+            _Choices.read(self.claude_json, project),
+            _Choices.read(self.user_settings, self._load(self.user_settings)),
+        ]
         if isinstance(project, dict) and project.get("hasTrustDialogAccepted") is True:
             local = project_dir / ".claude" / "settings.local.json"
             found.append(_Choices.read(local, self._load(local)))
