@@ -79,6 +79,16 @@ class Settings(BaseSettings):
     lmstudio_request_timeout_s: float = Field(
         300.0, gt=0, le=3600, description="Read timeout for one LM Studio request (a generation can be slow)."
     )
+    lmstudio_call_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        le=86400,
+        description="Wall-clock bound of one call to a model: its wait in the model's queue, retries and the "
+        "whole answer.",
+    )
+    lmstudio_max_answer_mb: float = Field(
+        32.0, gt=0, le=4096, description="Most data one answer from LM Studio may carry (streamed or not), in MB."
+    )
     lmstudio_retry_attempts: int = Field(3, ge=1, le=10, description="Attempts per LM Studio request.")
     lmstudio_retry_base_delay_s: float = Field(0.5, ge=0, le=60, description="First retry delay; doubles.")
     lmstudio_retry_max_delay_s: float = Field(8.0, ge=0, le=300, description="Cap on one retry delay.")
@@ -112,6 +122,10 @@ class Settings(BaseSettings):
     # --- MCP servers the local model may use ------------------------------------------------
     mcp_json_path: Path | None = Field(
         None, description="The .mcp.json to use; unset searches ./.mcp.json, ~/.lmstudio/mcp.json, ~/.mcp.json."
+    )
+    mcp_trust_project_config: bool = Field(
+        False,
+        description="Start every server of a project's ./.mcp.json, not only those approved in Claude Code.",
     )
     mcp_start_timeout_s: float = Field(
         30.0, gt=0, le=600, description="Time for a downstream MCP server to start and initialize."
@@ -157,6 +171,14 @@ class Settings(BaseSettings):
         "with search_tools to find the others.",
     )
 
+    result_max_chars: int = Field(
+        80_000,
+        ge=1000,
+        le=10_000_000,
+        description="Longest text a tool returns to Claude (each text and each string of structured content); "
+        "longer is cut in the middle with a marker.",
+    )
+
     # --- Logging ----------------------------------------------------------------------------
     log_level: LogLevel = Field("INFO", description="Log level (logs go to stderr).")
     log_format: Literal["text", "json"] = Field("text", description="text or json log lines.")
@@ -194,6 +216,22 @@ class Settings(BaseSettings):
     def _empty_is_unset(cls, value: Any) -> Any:
         # `FOO=` in a shell or an MCP config's env means "not set", not "the empty string".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("lmstudio_api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # The key goes into an HTTP header: a control character (a trailing newline pasted with
+        # it) or non-ASCII text would make every request fail, and every error quote it escaped,
+        # past the masking, which looks for the key as it is.
+        if value is None:
+            return None
+        key = value.get_secret_value()
+        if any(not 0x20 <= ord(ch) < 0x7F for ch in key):
+            raise ValueError(
+                "contains a control character (a trailing newline or \\r?), a tab or non-ASCII text; "
+                "copy the key again, without them"
+            )
+        return value
 
     @field_validator("lmstudio_base_url")
     @classmethod

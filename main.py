@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 
 import anyio
@@ -53,8 +54,12 @@ def cli(argv: list[str] | None = None) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
 
+    from tools.downstream.transports import launched_by_bridge
     from tools.server import create_server, serve_until_client_leaves
 
+    if refusal := launched_by_bridge(os.environ):
+        sys.stderr.write(f"lmstudio-bridge: {refusal}\n")
+        return 2
     anyio.run(serve_until_client_leaves, create_server(settings))
     return 0
 

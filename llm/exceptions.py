@@ -5,7 +5,9 @@
     │   ├── CircuitOpenError      too many failures in a row: failing fast
     │   └── StaleConnectionError  the server closed an idle keep-alive connection  sent again at once
     ├── LLMTimeoutError           connect or read timed out      retried (not a generation's read)
+    ├── CallTimeoutError          the whole call ran past LMSTUDIO_CALL_TIMEOUT_S   .timeout_s .in_line
     ├── LLMResponseError          the answer is unusable: bad JSON, wrong shape, cut stream
+    │   ├── AnswerTooLargeError   the answer passed LMSTUDIO_MAX_ANSWER_MB          .limit_bytes
     │   └── LLMStatusError        an HTTP error status          .status_code .body
     │       ├── LLMRateLimitError         429                   .retry_after_s    retried
     │       ├── LLMServerError            5xx                                     retried
@@ -187,6 +189,42 @@ class ModelTypeError(LLMValidationError):
         super().__init__(
             f"Model '{model_name}' is an {model_type} model and cannot be used for {needed}. "
             "Pick another with list_models."
+        )
+
+
+class CallTimeoutError(LLMError):
+    """A call did not finish within its wall-clock bound; it was stopped and its queue slot freed.
+
+    Not retried: the bound covers the retries already.
+    """
+
+    def __init__(self, url: str, model: str, timeout_s: float, *, in_line: bool) -> None:
+        self.timeout_s = timeout_s
+        self.in_line = in_line
+        if in_line:
+            message = (
+                f"Model {model!r} had no free place within {timeout_s:g} s (LMSTUDIO_CALL_TIMEOUT_S): the requests "
+                "already running on it held every slot of its queue (LMSTUDIO_MAX_CONCURRENCY). Retry when they "
+                "are done, or raise LMSTUDIO_MAX_CONCURRENCY if LM Studio runs more requests of it in parallel."
+            )
+        else:
+            message = (
+                f"LM Studio did not finish answering {url} for model {model!r} within {timeout_s:g} s "
+                "(LMSTUDIO_CALL_TIMEOUT_S); the call was stopped and its place in the model's queue freed. "
+                "A long answer needs a lower max_tokens or a higher LMSTUDIO_CALL_TIMEOUT_S."
+            )
+        super().__init__(message)
+
+
+class AnswerTooLargeError(LLMResponseError):
+    """An answer grew past the cap on what one answer may carry; the rest was not read."""
+
+    def __init__(self, url: str, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        super().__init__(
+            f"LM Studio's answer from {url} passed {limit_bytes / 1_000_000:g} MB (LMSTUDIO_MAX_ANSWER_MB) and was "
+            "stopped there: the model may be repeating itself without end. Set a lower max_tokens, or raise "
+            "LMSTUDIO_MAX_ANSWER_MB."
         )
 
 

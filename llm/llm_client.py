@@ -10,6 +10,10 @@ closed (`StaleConnectionError`) is sent once more at once on a new connection, l
 
 Generation methods take a `ResolvedModel` from the catalog (`llm.models`): which model is the
 catalog's decision, and the request waits in that model's queue.
+
+Bounds (`llm.bounds`): a generation call, from its wait in the model's queue to the last byte of
+the answer, retries included, ends within LMSTUDIO_CALL_TIMEOUT_S; no answer, streamed or not, is
+read past LMSTUDIO_MAX_ANSWER_MB.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from llm.error_mapping import (
     map_error,
     worth_retrying,
 )
+from llm.bounds import bounded_call, buffered, capped_bytes
 from llm.exceptions import (
     RETRYABLE_ERRORS,
     CircuitOpenError,
@@ -88,6 +93,8 @@ class ClientOptions:
     circuit_reset_s: float = 15.0
     model_ttl_s: int = 600
     max_connections: int = 20
+    call_timeout_s: float = 600.0
+    max_answer_bytes: int = 32_000_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ClientOptions:
@@ -102,6 +109,8 @@ class ClientOptions:
             circuit_failures=settings.lmstudio_circuit_failures,
             circuit_reset_s=settings.lmstudio_circuit_reset_s,
             model_ttl_s=settings.lmstudio_model_ttl_s,
+            call_timeout_s=settings.lmstudio_call_timeout_s,
+            max_answer_bytes=int(settings.lmstudio_max_answer_mb * 1_000_000),
             # Several models can each have their slots in flight, plus model listings.
             max_connections=(settings.lmstudio_max_concurrency or 4) * 4 + 4,
         )
@@ -223,7 +232,7 @@ class LLMClient:
             response_format=response_format,
         )
         path = "/v1/chat/completions"
-        async with model.queue:
+        async with bounded_call(model.queue, self.options.call_timeout_s, url=self.base_url + path, model=model.id):
             if not stream:
                 return await self._post_parsed(path, body, model.id, chat_result_from_body)
             accumulator = ChatStreamAccumulator()
@@ -244,7 +253,7 @@ class LLMClient:
         """POST /v1/completions (raw text continuation)."""
         body = self._generation_body(model.id, prompt=prompt, temperature=temperature, max_tokens=max_tokens, stop=stop)
         path = "/v1/completions"
-        async with model.queue:
+        async with bounded_call(model.queue, self.options.call_timeout_s, url=self.base_url + path, model=model.id):
             if not stream:
                 return await self._post_parsed(path, body, model.id, completion_result_from_body)
             accumulator = ChatStreamAccumulator()
@@ -253,7 +262,9 @@ class LLMClient:
 
     async def generate_embeddings(self, input: str | list[str], *, model: ResolvedModel) -> EmbeddingsResult:
         """POST /v1/embeddings; one vector per input, in input order."""
-        async with model.queue:
+        async with bounded_call(
+            model.queue, self.options.call_timeout_s, url=self.base_url + "/v1/embeddings", model=model.id
+        ):
             return await self._post_parsed(
                 "/v1/embeddings", self._generation_body(model.id, input=input), model.id, embeddings_result_from_body
             )
@@ -288,7 +299,7 @@ class LLMClient:
             max_output_tokens=max_output_tokens,
         )
         path = "/v1/responses"
-        async with model.queue:
+        async with bounded_call(model.queue, self.options.call_timeout_s, url=self.base_url + path, model=model.id):
             if not stream:
                 return await self._post_parsed(path, body, model.id, response_result_from_body)
             return await self._stream_response(path, body, model.id, on_event)
@@ -341,12 +352,14 @@ class LLMClient:
         self.metrics.inc("llm_requests", endpoint=path, server=self.options.name)
         started = time.perf_counter()
         try:
-            # The span covers the wait for the response headers (all of it unless streamed).
+            # The span covers the wait for the response headers, and the body unless streamed.
             with tracer().start_as_current_span("llm_request") as span:
                 span.set_attribute("http.route", path)
                 span.set_attribute("llm.model", model or "")
-                response = await self._http.send(request, stream=stream)
+                response = await self._http.send(request, stream=True)
                 span.set_attribute("http.status_code", response.status_code)
+                if not stream or response.is_error:
+                    response = await buffered(response, self.options.max_answer_bytes)
         except httpx.HTTPError as exc:
             error = self._error(exc, path, model, reused_connection=connection.reused)
             self.metrics.inc("llm_failures", kind=type(error).__name__, server=self.options.name)
@@ -360,12 +373,6 @@ class LLMClient:
         )
         if not response.is_error:
             return response
-        try:
-            await response.aread()
-        except httpx.HTTPError as exc:
-            raise self._error(exc, path, model) from exc
-        finally:
-            await response.aclose()
         error = self._error(StatusFailure.from_response(response), path, model)
         self.metrics.inc("llm_failures", kind=type(error).__name__, server=self.options.name)
         raise error
@@ -397,7 +404,7 @@ class LLMClient:
                 # Not a stream at all (an error, or a proxy's answer): judge it by its body, not as an
                 # empty stream, which would read as LM Studio's context-overflow bug.
                 self._raise_for_json_instead_of_stream(await response.aread(), path, model)
-            async for sse in aiter_sse(response.aiter_bytes()):
+            async for sse in aiter_sse(capped_bytes(response, self.options.max_answer_bytes)):
                 try:
                     payload = sse.json()
                     if not isinstance(payload, dict):

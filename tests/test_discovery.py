@@ -35,12 +35,13 @@ def discovery_for(path: Path, environ: dict[str, str] | None = None) -> MCPDisco
 
 
 def test_the_first_existing_search_path_is_used_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    first, second, third = tmp_path / "a" / ".mcp.json", tmp_path / "b" / "mcp.json", tmp_path / "c" / ".mcp.json"
+    project, home = tmp_path / "project", tmp_path / "home"
+    second, third = home / ".lmstudio" / "mcp.json", home / ".mcp.json"
     write_config(second, {"from-second": {"command": "x"}})
     write_config(third, {"from-third": {"command": "x"}})
 
     with caplog.at_level(logging.INFO, logger="tools.downstream.discovery"):
-        discovery = MCPDiscovery(search_paths=[first, second, third], environ={})
+        discovery = MCPDiscovery(cwd=project, home=home, environ={})
         servers = discovery.servers()
 
     assert list(servers) == ["from-second"]
@@ -49,17 +50,17 @@ def test_the_first_existing_search_path_is_used_and_logged(tmp_path: Path, caplo
 
 
 def test_an_explicit_config_path_wins_over_the_search_paths(tmp_path: Path) -> None:
-    searched = write_config(tmp_path / "searched.json", {"searched": {"command": "x"}})
+    write_config(tmp_path / "home" / ".mcp.json", {"searched": {"command": "x"}})
     explicit = write_config(tmp_path / "explicit.json", {"explicit": {"command": "x"}})
 
-    discovery = MCPDiscovery(explicit, search_paths=[searched], environ={})
+    discovery = MCPDiscovery(explicit, cwd=tmp_path, home=tmp_path / "home", environ={})
 
     assert list(discovery.servers()) == ["explicit"]
 
 
 def test_no_config_file_means_no_servers_and_an_error_naming_the_searched_paths(tmp_path: Path) -> None:
-    paths = [tmp_path / "one.json", tmp_path / "two.json"]
-    discovery = MCPDiscovery(search_paths=paths, environ={})
+    discovery = MCPDiscovery(cwd=tmp_path / "project", home=tmp_path / "home", environ={})
+    paths = [tmp_path / "project" / ".mcp.json", tmp_path / "home" / ".lmstudio" / "mcp.json"]
 
     assert discovery.servers() == {}
     assert discovery.parse_error is not None

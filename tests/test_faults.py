@@ -27,7 +27,8 @@ from mcp import Client
 from mcp.types import CallToolResult
 
 from config import load_config
-from llm.exceptions import LLMResponseError, LLMServerError
+from llm.bounds import bounded_call
+from llm.exceptions import CallTimeoutError, LLMResponseError, LLMServerError
 from llm.llm_client import ClientOptions, LLMClient
 from llm.models import ResolvedModel
 from tests.support.bridge import (
@@ -335,6 +336,76 @@ async def test_a_read_timeout_is_not_retried_names_the_setting_to_raise_and_the_
     assert text_of(again) == "In time."
 
 
+async def test_a_trickling_answer_is_stopped_by_the_call_timeout_naming_it_and_the_next_call_works(
+    fake: FakeLMStudio,
+) -> None:
+    """Each piece arrives well within the read timeout, so only a bound on the whole call can stop it."""
+    settings = bridge_settings(fake.url, LMSTUDIO_CALL_TIMEOUT_S="1", LMSTUDIO_REQUEST_TIMEOUT_S="30")
+    fake.set_script([Turn(endless=True, chunk_delay_s=0.05), Turn(text="Fine.")])
+    with anyio.fail_after(30):
+        async with in_process_bridge(settings) as client:
+            trickling = await chat(client)
+            again = await chat(client)
+    assert error_text(trickling) == (
+        f"Error: LM Studio did not finish answering {fake.url}/v1/chat/completions for model 'qwen/qwen3-coder-30b' "
+        "within 1 s (LMSTUDIO_CALL_TIMEOUT_S); the call was stopped and its place in the model's queue freed. "
+        "A long answer needs a lower max_tokens or a higher LMSTUDIO_CALL_TIMEOUT_S."
+    )
+    assert text_of(again) == "Fine."
+
+
+async def test_a_stuck_call_frees_its_models_only_queue_slot_for_the_next_call(fake: FakeLMStudio) -> None:
+    settings = bridge_settings(fake.url, LMSTUDIO_CALL_TIMEOUT_S="1", LMSTUDIO_MAX_CONCURRENCY="1")
+    fake.set_script([Turn(hang=True), Turn(text="My turn.")])
+    with anyio.fail_after(30):
+        async with in_process_bridge(settings) as client:
+            stuck = await chat(client)
+            after = await chat(client)
+    assert "did not finish answering" in error_text(stuck)
+    assert text_of(after) == "My turn."
+
+
+async def test_a_call_that_waits_in_a_full_queue_past_the_bound_says_so() -> None:
+    queue = asyncio.Semaphore(1)
+    await queue.acquire()  # a call that never ends holds the only slot
+    with pytest.raises(CallTimeoutError) as caught:
+        async with bounded_call(queue, 0.05, url="http://localhost:1234/v1/chat/completions", model="m"):
+            raise AssertionError("got a slot that was taken")
+    assert caught.value.in_line
+    assert str(caught.value) == (
+        "Model 'm' had no free place within 0.05 s (LMSTUDIO_CALL_TIMEOUT_S): the requests already running on it "
+        "held every slot of its queue (LMSTUDIO_MAX_CONCURRENCY). Retry when they are done, or raise "
+        "LMSTUDIO_MAX_CONCURRENCY if LM Studio runs more requests of it in parallel."
+    )
+
+
+@pytest.mark.parametrize("tool", ["chat_completion", "text_completion", "create_response"])
+async def test_an_endless_answer_is_cut_at_the_answer_cap_and_memory_stays_bounded(
+    fake: FakeLMStudio, tool: str
+) -> None:
+    """chat_completion streams; text_completion and create_response read a whole body: both are capped."""
+    path = {"chat_completion": "/v1/chat/completions", "text_completion": "/v1/completions",
+            "create_response": "/v1/responses"}[tool]
+    argument = "input" if tool == "create_response" else "prompt"
+    settings = bridge_settings(fake.url, LMSTUDIO_MAX_ANSWER_MB="1", LMSTUDIO_REQUEST_TIMEOUT_S="30")
+    fake.set_script([Turn(endless=True), Turn(text="Back to normal.")])
+    with anyio.fail_after(30):
+        async with in_process_bridge(settings) as client:
+            tracemalloc.start()
+            try:
+                endless = await client.call_tool(tool, {argument: "go on"})
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            again = await client.call_tool(tool, {argument: "hi"})
+    assert error_text(endless) == (
+        f"Error: LM Studio's answer from {fake.url}{path} passed 1 MB (LMSTUDIO_MAX_ANSWER_MB) and was stopped there: "
+        "the model may be repeating itself without end. Set a lower max_tokens, or raise LMSTUDIO_MAX_ANSWER_MB."
+    )
+    assert text_of(again).startswith("Back to normal.")
+    assert peak < 40 * 1024 * 1024, f"peak {peak / 2**20:.0f} MiB while reading a 1 MB-capped endless answer"
+
+
 async def test_a_slow_first_token_within_the_timeout_works_and_progress_is_reported(fake: FakeLMStudio) -> None:
     progress: list[str] = []
 
@@ -630,6 +701,28 @@ async def test_a_server_whose_first_stdout_line_is_not_utf8_starts_and_answers(
     assert tool_outputs(model_requests(fake)[1]) == ["through"]
 
 
+async def test_the_autonomous_timeout_bounds_the_whole_call_including_server_start_up(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    """A server that takes its whole MCP_START_TIMEOUT_S to start must not stretch a 1 s task to 30 s."""
+    slow = python_entry("import time; time.sleep(60)", marker)
+    settings = bridge_settings(
+        fake.url, config(tmp_path, marker, slow=slow), AUTONOMOUS_TIMEOUT_S="1", MCP_START_TIMEOUT_S="30"
+    )
+    async with in_process_bridge(settings) as client:
+        with anyio.fail_after(15):
+            result = await run(client, "slow")
+    assert not result.is_error
+    assert text_of(result).startswith("[Run stopped early because it ran out of time after 1 s (AUTONOMOUS_TIMEOUT_S).")
+    assert result.structured_content["stop_reason"] == "timeout"
+    assert result.structured_content["rounds"] == 0 and result.structured_content["model"] == "qwen/qwen3-coder-30b"
+    assert result.structured_content["notes"] == [
+        "AUTONOMOUS_TIMEOUT_S (1 s) ran out while starting MCP servers (slow still starting; MCP_START_TIMEOUT_S "
+        "allows 30 s)"
+    ]
+    assert fake.generation_requests() == []
+
+
 async def test_a_server_crashing_mid_call_goes_back_to_the_model_and_restarts_for_the_next_call(
     fake: FakeLMStudio, tmp_path: Path, marker: str
 ) -> None:
@@ -665,6 +758,26 @@ async def test_a_hanging_tool_call_times_out_naming_server_and_tool_and_the_run_
     ]
     assert tool_outputs(requests[2]) == ["still here"]
     assert text_of(result) == "Done despite the hang."
+
+
+async def test_progress_for_many_tool_calls_in_one_turn_is_throttled(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    messages: list[str] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    fake.set_script([Turn(tool_calls=[call("echo", text=str(i)) for i in range(100)]), Turn(text="All echoed.")])
+    async with in_process_bridge(bridge_settings(fake.url, config(tmp_path, marker))) as client:
+        result = await client.call_tool(
+            "autonomous_with_mcp", {"mcp_name": "toy", "task": "echo"}, progress_callback=on_progress
+        )
+    assert text_of(result) == "All echoed." and len(result.structured_content["tool_calls"]) == 100
+    calling = [m for m in messages if ": calling " in m]
+    assert calling and calling[0].startswith("round 1: calling echo ("), messages  # the round's first call shows
+    assert len(calling) < 15, f"{len(calling)} notifications for 100 tool calls: {messages}"
+    assert messages[0].startswith("started:") and messages[-1] == "finished: completed after 2 round(s)"
 
 
 async def test_a_tool_error_result_goes_back_to_the_model_as_its_output(
@@ -898,3 +1011,45 @@ async def test_bad_caller_input_is_an_error_naming_the_parameter_and_the_next_ca
                 assert not good.is_error and text_of(good) == "Fine.", text_of(good)
     assert "Did you mean qwen/qwen3-coder-30b?" in messages[next(k for k in messages if "qwen3-coder" in k)]
     assert not fake.generation_requests()[0].body.get("model") == "qwen/qwen3-coder"
+
+
+# --- what goes back to Claude ------------------------------------------------------------------------
+
+
+async def test_a_huge_answer_reaches_claude_once_and_cut_to_result_max_chars_with_a_marker(fake: FakeLMStudio) -> None:
+    answer = "A" * 150_000 + "the conclusion."
+    fake.set_script([Turn(text=answer)])
+    async with in_process_bridge(bridge_settings(fake.url, RESULT_MAX_CHARS="10000")) as client:
+        result = await chat(client)
+    (block,) = result.content
+    assert block.text == (
+        "A" * 8000 + "\n\n[... 140015 of 150015 characters cut here by the bridge (RESULT_MAX_CHARS = 10000) ...]\n\n"
+        + "A" * 1985 + "the conclusion."
+    )
+    # Claude Code would show only the structured content, Claude Desktop only the text: one copy, as text.
+    assert result.structured_content is None
+    summary = result.meta["lmstudio-bridge/result"]
+    assert summary["answer"] is None and summary["model"] == "qwen/qwen3-coder-30b"
+    assert summary["finish_reason"] == "stop"
+
+
+async def test_an_autonomous_runs_huge_answer_is_cut_and_sent_once_with_its_summary_in_meta(
+    fake: FakeLMStudio, tmp_path: Path, marker: str
+) -> None:
+    fake.set_script([Turn(text="B" * 200_000)])
+    settings = bridge_settings(fake.url, config(tmp_path, marker), RESULT_MAX_CHARS="5000")
+    async with in_process_bridge(settings) as client:
+        result = await run(client)
+    assert len(text_of(result)) < 5200
+    assert "characters cut here by the bridge (RESULT_MAX_CHARS = 5000)" in text_of(result)
+    assert result.structured_content is None
+    assert result.meta["lmstudio-bridge/result"]["stop_reason"] == "completed"
+    assert result.meta["lmstudio-bridge/result"]["answer"] is None
+
+
+async def test_a_short_answer_keeps_both_its_text_and_its_structured_content(fake: FakeLMStudio) -> None:
+    fake.set_script([Turn(text="Short and sweet.")])
+    async with in_process_bridge(bridge_settings(fake.url)) as client:
+        result = await chat(client)
+    assert text_of(result) == "Short and sweet."
+    assert result.structured_content is not None and result.structured_content["answer"] == "Short and sweet."

@@ -16,7 +16,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import anyio
 from mcp.server.mcpserver import Context
 
 from config import Settings
@@ -47,12 +49,17 @@ class AppState:
 
 
 @asynccontextmanager
-async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
-    """Build the bridge's long-lived parts, and close them all (MCP sessions, HTTP client) on exit."""
+async def bridge_state(settings: Settings, *, home: Path | None = None) -> AsyncIterator[AppState]:
+    """Build the bridge's long-lived parts, and close them all (MCP sessions, HTTP client) on exit.
+
+    `home` is where the user's own files are looked for (config files, Claude Code's approvals);
+    the user's home directory unless a test gives another.
+    """
     register_secret(settings.lmstudio_api_key.get_secret_value() if settings.lmstudio_api_key else None)
     for spec in settings.lmstudio_backends:
         register_secret(spec.api_key.get_secret_value() if spec.api_key else None)
-    async with AsyncExitStack() as stack:
+    stack = AsyncExitStack()
+    try:
         metrics = Metrics()
         backends = await open_backends(settings, metrics, stack)
         catalog = ModelCatalog(
@@ -61,7 +68,9 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
             aliases=settings.model_aliases,
             default_model=settings.default_model,
         )
-        discovery = MCPDiscovery(settings.mcp_json_path)
+        discovery = MCPDiscovery(
+            settings.mcp_json_path, home=home, trust_project=settings.mcp_trust_project_config
+        )
         pool = await stack.enter_async_context(
             MCPSessionPool(
                 start_timeout_s=settings.mcp_start_timeout_s,
@@ -87,6 +96,10 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
             metrics=metrics,
         )
         logger.info("bridge shutting down: closing MCP sessions and the LM Studio client")
+    finally:
+        # Shielded: a shutdown that began as a cancellation must still stop every child (each close is bounded).
+        with anyio.CancelScope(shield=True):
+            await stack.aclose()
 
 
 def app_state(ctx: Context) -> AppState:

@@ -20,7 +20,8 @@ def register_bridge_tools(mcp: MCPServer[AppState]) -> None:
         """List the MCP servers the autonomous tools can use (from the .mcp.json file), with their state.
 
         Shows name, transport, enabled/disabled, whether started and its tool count, and the config file used.
-        An entry that cannot be used (an unset ${VAR}, a wrong field) is listed with why.
+        An entry that cannot be used (an unset ${VAR}, a wrong field, a project's server the user has not
+        approved) is listed with why.
         """
         state = app_state(ctx)
         discovery = state.discovery
@@ -55,6 +56,7 @@ def register_bridge_tools(mcp: MCPServer[AppState]) -> None:
             "config_file": str(discovery.path) if discovery.path else None,
             "config_error": discovery.parse_error,
             "excluded": dict(discovery.excluded),
+            "untrusted": dict(discovery.untrusted),
             "servers": rows,
         }
         return success(as_json(data), data)

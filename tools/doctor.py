@@ -12,6 +12,7 @@ The report is all it prints: the bridge's log stays silent unless LOG_LEVEL is s
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TextIO
 
 from config import LogLevel, Settings
@@ -19,6 +20,7 @@ from llm.exceptions import LLMError
 from llm.models import ModelInfo
 from tools.app import AppState, bridge_state
 from tools.downstream.errors import MCPBridgeError
+from utils.logging import redact
 
 
 def log_level(settings: Settings) -> LogLevel:
@@ -30,13 +32,14 @@ def log_level(settings: Settings) -> LogLevel:
     return settings.log_level if "log_level" in settings.model_fields_set else "CRITICAL"
 
 
-async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO) -> int:
+async def run_doctor(settings: Settings, *, start_servers: bool, out: TextIO, home: Path | None = None) -> int:
     """Check the model server and the MCP config, print what was found; 0 when a usable model answers."""
 
     def say(line: str = "") -> None:
-        out.write(line + "\n")
+        # Entries' urls and args, server errors and stderr tails can carry tokens: masked like the logs.
+        out.write(redact(line) + "\n")
 
-    async with bridge_state(settings) as state:
+    async with bridge_state(settings, home=home) as state:
         healthy = await _check_model_server(state, say)
         say()
         say("Configuration (secrets masked)")

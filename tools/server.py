@@ -5,9 +5,9 @@ from __future__ import annotations
 import inspect
 import logging
 import os
-import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,6 +21,8 @@ from tools.app import AppState, bridge_state
 from tools.autonomous_tools import register_autonomous_tools
 from tools.bridge_tools import register_bridge_tools
 from tools.lmstudio_tools import register_lmstudio_tools
+from tools.results import bounded
+from tools.stdio import serve_until_stopped
 from utils.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -36,7 +38,10 @@ Every model-running tool takes an optional `model` (see list_models); leave it o
 
 class BridgeServer(MCPServer[AppState]):
     """The SDK's server, with every refusal worded for the caller (`Error: invalid arguments ...`,
-    `Error: Unknown tool: ...`) and tool descriptions sent without the docstrings' indentation."""
+    `Error: Unknown tool: ...`), tool descriptions sent without the docstrings' indentation, and every
+    result bounded on its way out (`tools.results.bounded`: RESULT_MAX_CHARS, one copy of a long text)."""
+
+    result_max_chars: int = 80_000
 
     def add_tool(self, fn: Callable[..., Any], *args: Any, description: str | None = None, **kwargs: Any) -> None:
         if description is None:
@@ -47,7 +52,8 @@ class BridgeServer(MCPServer[AppState]):
         self, name: str, arguments: dict[str, Any], context: Context[AppState, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         try:
-            return await super().call_tool(name, arguments, context)
+            result = await super().call_tool(name, arguments, context)
+            return bounded(result, self.result_max_chars) if isinstance(result, CallToolResult) else result
         except ToolError as exc:
             if isinstance(exc.__cause__, ValidationError):
                 raise ToolError(describe_invalid_arguments(name, exc.__cause__)) from exc.__cause__
@@ -84,21 +90,22 @@ def _short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def create_server(settings: Settings) -> MCPServer[AppState]:
-    """Build the MCP server; nothing connects until a client starts its lifespan."""
+def create_server(settings: Settings, *, home: Path | None = None) -> MCPServer[AppState]:
+    """Build the MCP server; nothing connects until a client starts its lifespan (`home`: see `bridge_state`)."""
 
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        async with bridge_state(settings) as state:
+        async with bridge_state(settings, home=home) as state:
             yield state
 
-    mcp: MCPServer[AppState] = BridgeServer(
+    mcp = BridgeServer(
         "lmstudio-bridge-enhanced",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
         log_level=settings.log_level,
     )
+    mcp.result_max_chars = settings.result_max_chars
     register_lmstudio_tools(mcp)
     register_autonomous_tools(mcp)
     register_bridge_tools(mcp)
@@ -108,21 +115,10 @@ def create_server(settings: Settings) -> MCPServer[AppState]:
 async def serve_stdio(mcp: MCPServer[AppState]) -> None:
     """Serve over stdio until the client closes stdin or SIGTERM/SIGINT arrives, then clean up.
 
-    Handling the signals (instead of dying on them) lets the lifespan close every downstream
-    MCP server, so no child process outlives the bridge.
+    Either way the lifespan closes every downstream MCP server, so no child outlives the bridge
+    (`tools.stdio` says why the bridge reads stdin itself).
     """
-    async with anyio.create_task_group() as tg:
-
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for received in signals:
-                    logger.info("received %s: shutting down", signal.Signals(received).name)
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(stop_on_signal)
-        await mcp.run_stdio_async()
-        tg.cancel_scope.cancel()
+    await serve_until_stopped(mcp)
 
 
 _CLIENT_GONE = (BrokenPipeError, ConnectionResetError, anyio.ClosedResourceError, anyio.BrokenResourceError)

@@ -3,7 +3,8 @@
 `configure_logging(settings)` is called once by `main` before the server is built. Each
 autonomous run sets `run_id` (a context variable), so every line logged while it runs,
 in any module, carries it. `register_secret()` adds a value that must never appear in a
-log line: it is replaced by `***` by a filter on the handler, whichever logger logged it.
+log line: it is replaced by `***` by a filter on the handler, whichever logger logged it;
+`redact()` and `redact_data()` do the same for what tools return and `doctor` prints.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import re
 import sys
 import threading
+import urllib.parse
 import uuid
 from datetime import UTC, datetime
 from typing import TextIO
@@ -24,24 +27,71 @@ def new_run_id() -> str:
     """A short id for one autonomous run (8 hex digits: unique enough within one bridge's log)."""
     return uuid.uuid4().hex[:8]
 
-_secrets: set[str] = set()
+_secrets: tuple[str, ...] = ()  # longest first: a secret that contains another is masked whole
+_short_secrets: re.Pattern[str] | None = None
+_short_values: set[str] = set()
 _secrets_lock = threading.Lock()
-_MIN_SECRET_LEN = 4  # shorter values would mask ordinary words
+_MIN_SECRET_LEN = 4  # shorter values only with `any_length`
+_SUBSTRING_MIN_LEN = 8  # shorter values are masked only where they stand as a word of their own
+MASK = "***"
 
 
-def register_secret(value: str | None) -> None:
-    """Never log `value` (an API key, a header value, an env value from .mcp.json)."""
-    if value and len(value) >= _MIN_SECRET_LEN:
-        with _secrets_lock:
-            _secrets.add(value)
+def _written_forms(value: str) -> set[str]:
+    """`value` as it may appear in text: as is, JSON- or repr-escaped, percent-encoded in a URL."""
+    forms = {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        repr(value)[1:-1],
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value),
+    }
+    return {form for form in forms if form}
+
+
+def register_secret(value: str | None, *, any_length: bool = False) -> None:
+    """Never show `value` (an API key, a header value, a value a config took from the environment).
+
+    Values of 8 characters or more are masked wherever they occur, in every written form (escaped
+    in JSON or repr, percent-encoded); shorter ones only where they stand as a word of their own,
+    so that a 5-letter password does not scramble every word that happens to contain it. Values
+    under 4 characters are masked only with `any_length` (a value under a credential's name).
+    """
+    global _secrets, _short_secrets
+    if not value or (len(value) < _MIN_SECRET_LEN and not any_length):
+        return
+    with _secrets_lock:
+        if len(value) >= _SUBSTRING_MIN_LEN:
+            _secrets = tuple(sorted(set(_secrets) | _written_forms(value), key=len, reverse=True))
+        elif value not in _short_values:
+            _short_values.add(value)
+            words = "|".join(re.escape(v) for v in sorted(_short_values, key=len, reverse=True))
+            _short_secrets = re.compile(rf"(?<![\w-])(?:{words})(?![\w-])")
 
 
 def redact(text: str) -> str:
     """`text` with every registered secret replaced by `***`."""
     for secret in _secrets:
         if secret in text:
-            text = text.replace(secret, "***")
+            text = text.replace(secret, MASK)
+    if _short_secrets is not None:
+        text = _short_secrets.sub(MASK, text)
     return text
+
+
+def redact_data(data: object) -> object:
+    """`data` (JSON-like: dicts, lists, strings, numbers) with every string redacted.
+
+    Masking the structure itself, not its JSON text: a secret containing `"`, `\\` or non-ASCII
+    is written escaped in JSON, and would slip past a search for the secret as it is.
+    """
+    if isinstance(data, str):
+        return redact(data)
+    if isinstance(data, dict):
+        return {key: redact_data(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [redact_data(item) for item in data]
+    return data
 
 
 class _ContextFilter(logging.Filter):
@@ -49,7 +99,7 @@ class _ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.run_id = run_id.get()
-        if _secrets:
+        if _secrets or _short_secrets is not None:
             record.msg = redact(record.getMessage())
             record.args = None
             if record.exc_info and record.exc_info[1] is not None:

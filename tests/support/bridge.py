@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,6 +17,9 @@ from tests.support.fake_lmstudio import FakeLMStudio, RecordedRequest
 from tools.server import create_server
 
 ROOT = Path(__file__).resolve().parents[2]
+ISOLATED_HOME = Path(tempfile.gettempdir()) / "lmstudio-bridge-tests-home"
+"""The home directory of every bridge a test builds: empty, so no test reads the developer's own
+~/.mcp.json or Claude Code's ~/.claude.json (tests of those files give a home of their own)."""
 
 FAST = {
     # No real waiting in tests: retries are immediate, the breaker stays out of the way.
@@ -47,20 +51,26 @@ def bridge_settings(base_url: str, mcp_json: Path | None = None, **extra: str) -
     return load_config(bridge_env(base_url, mcp_json, **extra))
 
 
+def isolated_home() -> Path:
+    ISOLATED_HOME.mkdir(exist_ok=True)
+    return ISOLATED_HOME
+
+
 @asynccontextmanager
-async def in_process_bridge(settings: Settings) -> AsyncIterator[Client]:
-    """A connected `mcp.Client` talking to a bridge in this process."""
-    async with Client(create_server(settings), read_timeout_seconds=60) as client:
+async def in_process_bridge(settings: Settings, *, home: Path | None = None) -> AsyncIterator[Client]:
+    """A connected `mcp.Client` talking to a bridge in this process (`home`: an empty one by default)."""
+    async with Client(create_server(settings, home=home or isolated_home()), read_timeout_seconds=60) as client:
         yield client
 
 
-def subprocess_params(env: Mapping[str, str]) -> StdioServerParameters:
-    """How to start the bridge as a subprocess, the way Claude does (only `env` passed through)."""
+def subprocess_params(env: Mapping[str, str], *, cwd: Path = ROOT) -> StdioServerParameters:
+    """How to start the bridge as a subprocess, the way Claude does (only `env` passed through; HOME is
+    an empty directory unless `env` gives one)."""
     return StdioServerParameters(
         command=sys.executable,
         args=[str(ROOT / "main.py")],
-        env={**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-        cwd=str(ROOT),
+        env={"HOME": str(isolated_home()), **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        cwd=str(cwd),
     )
 
 

@@ -117,6 +117,9 @@ class Turn:
     sent as ``{"error": "<str>"}``, as LM Studio does for context overflow). ``hang`` never answers
     until the client disconnects; ``empty_stream`` answers 200 with an event stream that closes
     without content (LM Studio's context-overflow bug), whether or not a stream was asked for.
+    ``endless`` answers and never finishes (a model stuck repeating itself, or a proxy that trickles):
+    streamed, 1 KiB text deltas one after another, ``chunk_delay_s`` apart; not streamed, a JSON body
+    whose answer string never closes; until the client goes away.
     """
 
     text: str = ""
@@ -127,6 +130,8 @@ class Turn:
     usage: tuple[int, int] | None = None
     hang: bool = False
     empty_stream: bool = False
+    endless: bool = False
+    chunk_delay_s: float = 0.0
 
 
 def call(name: str, **arguments: object) -> tuple[str, dict[str, object]]:
@@ -623,7 +628,31 @@ class FakeLMStudio:
             return _error_response(*turn.error)
         if turn.empty_stream:
             return Response(b"", media_type="text/event-stream")
+        if turn.endless:
+            return self._endless(request.url.path, bool(body.get("stream")), turn.chunk_delay_s)
         return recorded, model, turn
+
+    def _endless(self, path: str, stream: bool, delay_s: float) -> Response:
+        """An answer that never ends (see ``Turn.endless``); the stream stops when the client disconnects."""
+        piece = "la " * 341 + "l"
+        if not stream:
+            first = '{"id": "endless", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": "'
+            item = piece
+        elif path == "/v1/responses":
+            first, item = "", _sse_event("response.output_text.delta", {"output_index": 0, "delta": piece})
+        elif path == "/v1/completions":
+            first, item = "", _sse_data({"choices": [{"index": 0, "text": piece, "finish_reason": None}]})
+        else:
+            first, item = "", _sse_data({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+
+        async def forever() -> AsyncIterator[str]:
+            yield first
+            while not self._stopping.is_set():
+                yield item
+                await asyncio.sleep(delay_s)
+
+        media = "text/event-stream" if stream else "application/json"
+        return StreamingResponse(forever(), media_type=media)
 
     def _check_tools(self, body: dict[str, object]) -> Response | None:
         """A 400 naming the first refused tool the request offers, if any."""

@@ -4,7 +4,10 @@ Tools: echo, crash (the process exits mid-call), sleep (a call that hangs), big 
 result), image (an image result), garbage (writes a non-JSON line to stdout, then answers),
 fail (an isError result), rpc_error (answers with a JSON-RPC error of the given code), pid (the
 process id, to tell whether the same process still serves), remember / recall (a value kept in
-this process's memory only, like a browser's or a shell's state).
+this process's memory only, like a browser's or a shell's state), stderr_burst (writes `mb` megabytes to its stderr, then answers).
+
+Misbehaving on shutdown, for the shutdown tests: with TOY_IGNORE_EOF=1 it stays alive after its
+stdin closes (as some servers do), with TOY_IGNORE_TERM=1 it ignores SIGTERM too.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 import base64
 import os
 import socket
+import signal
+import sys
+import time
 
 import anyio
 from mcp.server.mcpserver import Image, MCPServer
@@ -101,5 +107,19 @@ def recall(key: str) -> str:
     return f"value={_memory.get(key)}"
 
 
+def stderr_burst(mb: float) -> str:
+    """Write `mb` megabytes of text to stderr, then answer."""
+    line = "noise " * 170 + "\n"  # about 1 KiB
+    for _ in range(int(mb * 1024)):
+        sys.stderr.write(line)
+    sys.stderr.flush()
+    return f"wrote {mb} MB to stderr"
+
+
 if __name__ == "__main__":
+    if os.environ.get("TOY_IGNORE_TERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     server.run()
+    if os.environ.get("TOY_IGNORE_EOF") == "1":
+        while True:
+            time.sleep(3600)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -165,11 +166,24 @@ class DynamicAutonomousAgent:
         hooks: Sequence[RunHooks],
     ) -> RunResult:
         check_request(servers, task)
-        entries, notes = await self._entries(servers)
-        resolved = await self.catalog.resolve(model)
-        leases = {entry.name: self.pool.lease(entry) for entry in entries}
+        # AUTONOMOUS_TIMEOUT_S bounds the whole call: resolving the model and starting servers count too.
+        started = time.monotonic()
+        budget_s = self.settings.autonomous_timeout_s
+        leases: dict[str, SessionLease] = {}
+        phase, model_id = "reading the MCP config", model or "(default)"
         try:
-            tools_by_server, start_notes = await self._tools(leases)
+            with anyio.move_on_after(budget_s) as preparing:
+                # Local checks before remote ones: a typo in a server name is named as such even when
+                # LM Studio is down.
+                entries, notes = await self._entries(servers)
+                phase = "resolving the model"
+                resolved = await self.catalog.resolve(model)
+                model_id = resolved.id
+                leases = {entry.name: self.pool.lease(entry) for entry in entries}
+                phase = "starting MCP servers"
+                tools_by_server, start_notes = await self._tools(leases)
+            if preparing.cancelled_caught:
+                return self._out_of_time(started, phase, model_id, leases)
             tools_by_server, policy_notes = apply_tool_policy(tools_by_server, self.settings)
             toolset, schema_notes = build_toolset(tools_by_server, namespaced=len(tools_by_server) > 1)
             run = RunContext(
@@ -179,6 +193,7 @@ class DynamicAutonomousAgent:
                 toolset=toolset,
                 notes=[*notes, *start_notes, *policy_notes, *schema_notes],
                 run_id=run_id.get(),
+                started=started,
             )
             budget = ContextBudget.for_model(
                 resolved,
@@ -214,7 +229,7 @@ class DynamicAutonomousAgent:
                 hooks=hook_set,
                 limits=RunLimits(
                     max_rounds=max_rounds,
-                    timeout_s=self.settings.autonomous_timeout_s,
+                    timeout_s=max(budget_s - (time.monotonic() - started), 0.0),
                     repeat_limit=self.settings.autonomous_repeat_limit,
                 ),
                 offer=offer,
@@ -224,6 +239,28 @@ class DynamicAutonomousAgent:
         finally:
             for lease in leases.values():
                 lease.release()
+
+    def _out_of_time(
+        self, started: float, phase: str, model_id: str, leases: dict[str, SessionLease]
+    ) -> RunResult:
+        """The result of a run whose time ran out before the model was first asked."""
+        if leases:
+            waiting = [name for name in leases if not self.pool.status(name).started]
+            phase += f" ({', '.join(waiting) or 'all'} still starting; MCP_START_TIMEOUT_S allows "
+            phase += f"{self.settings.mcp_start_timeout_s:g} s)"
+        logger.warning("autonomous run ran out of time while %s", phase)
+        self.metrics.inc("autonomous_runs", stop_reason="timeout")
+        return RunResult(
+            answer="",
+            model=model_id,
+            stop_reason="timeout",
+            rounds=0,
+            tool_calls=[],
+            duration_s=time.monotonic() - started,
+            api=self.catalog.backends[0].capabilities.conversation_api,
+            servers=list(leases),
+            notes=[f"AUTONOMOUS_TIMEOUT_S ({self.settings.autonomous_timeout_s:g} s) ran out while {phase}"],
+        )
 
     async def refresh_servers(self) -> None:
         """Re-read the config file if it changed, and retire the sessions of changed or removed servers.
@@ -242,6 +279,13 @@ class DynamicAutonomousAgent:
             notes.append(self.discovery.parse_error)
         if names is None:
             entries = [e for e in self.discovery.servers().values() if not e.disabled]
+            if not entries and self.discovery.untrusted and not self.discovery.parse_error:
+                why = next(iter(self.discovery.untrusted.values()))
+                raise MCPConfigError(
+                    f"None of the servers in {self.discovery.path} may start "
+                    f"({', '.join(self.discovery.untrusted)}): {why}.",
+                    path=self.discovery.path,
+                )
             if not entries:
                 raise MCPConfigError(
                     self.discovery.parse_error

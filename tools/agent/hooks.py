@@ -36,12 +36,14 @@ HEARTBEAT_S = 5.0
 
 
 class ProgressHook(RunHooks):
-    """Progress notifications: each step, generation throttled, a heartbeat while the model is silent."""
+    """Progress notifications: start, each round, its first tool call and the end always; generation and
+    the other tool calls throttled (at most one a second); a heartbeat while the model is silent."""
 
     def __init__(self, reporter: ProgressReporter, *, heartbeat_s: float = HEARTBEAT_S) -> None:
         self._reporter = reporter
         self._heartbeat_s = heartbeat_s
         self._beat: asyncio.Task[None] | None = None
+        self._calls_reported_in: int | None = None
 
     async def on_run_started(self, event: RunStarted) -> None:
         run = event.run
@@ -66,9 +68,13 @@ class ProgressHook(RunHooks):
         await self._stop_beat()
 
     async def on_tool_call_started(self, event: ToolCallStarted) -> None:
+        # The first call of a round always shows; the others are throttled like generation (a model
+        # asking for 300 calls in one turn sent 303 notifications in 1.3 s).
         run = event.run
+        first_of_round = run.rounds != self._calls_reported_in
+        self._calls_reported_in = run.rounds
         await self._reporter.report(
-            f"round {run.rounds}: calling {event.tool.llm_name} ({run.elapsed_s:.0f} s)", force=True
+            f"round {run.rounds}: calling {event.tool.llm_name} ({run.elapsed_s:.0f} s)", force=first_of_round
         )
 
     async def on_round_finished(self, event: RoundFinished) -> None:

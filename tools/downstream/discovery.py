@@ -3,12 +3,25 @@
 The file is the one Claude uses, `{"mcpServers": {name: entry}}`, where an entry is either
 a process to start (`{"command", "args"?, "env"?, "cwd"?, "disabled"?}`, optionally
 `"type": "stdio"`) or a remote server (`{"type": "http" | "streamable-http" | "sse", "url",
-"headers"?}`). `${VAR}` and `${VAR:-default}` are expanded in every string the entry passes on.
+"headers"?}`).
 
 The file in use is `config_path` when given (MCP_JSON_PATH), else the first that exists of
-`./.mcp.json`, `~/.lmstudio/mcp.json`, `~/.mcp.json`. `refresh()` stats it and re-parses only
-when its mtime, size or inode changed, so calling it before every task costs a few `stat`s.
-A file that turns malformed keeps the last good servers in use and reports why in `parse_error`.
+`./.mcp.json` (the project Claude was started in), `~/.lmstudio/mcp.json`, `~/.mcp.json`.
+`refresh()` stats it and re-parses only when its mtime, size or inode changed (or, for a project's
+file, the approvals that decide which of its servers may start), so calling it before every task
+costs a few `stat`s. A file that turns malformed keeps the last good servers in use and reports why
+in `parse_error`.
+
+Trust: the file MCP_JSON_PATH names and the files in the home directory are the user's own, and all
+their servers may start. A project's `./.mcp.json` came with the repository: its servers start only
+when approved (`tools.downstream.trust`); the others are listed in `untrusted`, with why and how to
+approve them, and are neither expanded nor started.
+
+`${VAR}` and `${VAR:-default}` are expanded, in the entries that may start, in every string the
+entry passes on (command, args, env, cwd, url, headers), from the bridge's own environment: what
+Claude passes it (HOME, LOGNAME, PATH, SHELL, TERM, USER, the bridge entry's `env`, and Claude Code's
+CLAUDE_PROJECT_DIR and the like). `NEVER_EXPANDED` (the bridge's LM Studio key) is refused. Every
+value taken from the environment is masked wherever it lands (`tools.downstream.masking`).
 """
 
 from __future__ import annotations
@@ -17,27 +30,29 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tools.downstream.entries import EntryError, ServerEntry, StdioEntry, parse_entry
 from tools.downstream.errors import MCPConfigError, MCPServerNotFoundError
+from tools.downstream.masking import secret_values
+from tools.downstream.trust import ProjectApprovals
 from utils.logging import register_secret
 
 logger = logging.getLogger(__name__)
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_NAME = re.compile(r"token|key|secret|passw|auth|credential|cookie|session", re.IGNORECASE)
-_SECRET_MIN_CHARS = 6
+NEVER_EXPANDED = frozenset({"LMSTUDIO_API_KEY"})
+"""Variables a config can never read: the bridge's own LM Studio key is for LM Studio only."""
 _BRIDGE_COMMAND = "lmstudio-bridge"
 _BRIDGE_PACKAGE = "lmstudio-bridge-enhanced"
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
-def default_search_paths() -> list[Path]:
-    """Where the config file is looked for when MCP_JSON_PATH is unset, in order."""
-    return [Path.cwd() / ".mcp.json", Path.home() / ".lmstudio" / "mcp.json", Path.home() / ".mcp.json"]
+def search_paths(cwd: Path, home: Path) -> list[Path]:
+    """Where the config file is looked for when MCP_JSON_PATH is unset, in order (the project's first)."""
+    return [cwd / ".mcp.json", home / ".lmstudio" / "mcp.json", home / ".mcp.json"]
 
 
 @dataclass
@@ -64,13 +79,17 @@ class MCPDiscovery:
         self,
         config_path: Path | None = None,
         *,
-        search_paths: Sequence[Path] | None = None,
+        cwd: Path | None = None,
+        home: Path | None = None,
+        trust_project: bool = False,
         environ: Mapping[str, str] | None = None,
     ) -> None:
         self._config_path = Path(config_path).expanduser() if config_path is not None else None
-        self._search_paths = list(search_paths) if search_paths is not None else default_search_paths()
+        home = Path.home() if home is None else home
+        self._search_paths = search_paths(Path.cwd() if cwd is None else cwd, home)
+        self.approvals = ProjectApprovals(home, trust_all=trust_project)
         self._environ = os.environ if environ is None else environ
-        self._signature: tuple[str, int, int, int] | None = None
+        self._signature: tuple[object, ...] | None = None
         self._loaded = False
         self._servers: dict[str, ServerEntry] = {}
         self.path: Path | None = None
@@ -81,6 +100,8 @@ class MCPDiscovery:
         """Entries that cannot be used (name -> what to fix); the other entries still work."""
         self.excluded: dict[str, str] = {}
         """Entries left out because they launch this bridge itself (name -> why)."""
+        self.untrusted: dict[str, str] = {}
+        """Entries of a project's file that may not start: not approved, or rejected (name -> why and what to do)."""
         self._parse_error_line: int | None = None
 
     @property
@@ -102,7 +123,9 @@ class MCPDiscovery:
         if found is None:
             return self._set_missing()
         path, stat = found
-        signature = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        signature: tuple[object, ...] = (str(path), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if self._is_project_file(path):
+            signature += self.approvals.signature(path.parent)
         if signature == self._signature:
             return DiscoveryChange()
         self._signature = signature
@@ -118,10 +141,14 @@ class MCPDiscovery:
         return dict(self._servers)
 
     def unusable(self) -> dict[str, str]:
-        """Entries of the file that cannot be used, with why: broken ones and ones that launch this bridge."""
+        """Entries of the file that cannot be used, with why: broken, launching this bridge, or not approved."""
         if not self._loaded:
             self.refresh()
-        return {**self.entry_errors, **{name: f"not offered: {why}" for name, why in self.excluded.items()}}
+        return {
+            **self.entry_errors,
+            **{name: f"not offered: {why}" for name, why in self.excluded.items()},
+            **{name: f"not started: {why}" for name, why in self.untrusted.items()},
+        }
 
     def get(self, name: str) -> ServerEntry:
         """The entry named `name`.
@@ -137,6 +164,12 @@ class MCPDiscovery:
             return self._servers[name]
         if name in self.entry_errors:
             raise MCPConfigError(self.entry_errors[name], path=self.path, server=name)
+        if name in self.untrusted:
+            raise MCPConfigError(
+                f"MCP server {name!r} in {self.path} is not started: {self.untrusted[name]}.",
+                path=self.path,
+                server=name,
+            )
         if name in self.excluded:
             raise MCPConfigError(
                 f"MCP server {name!r} in {self.path} is not offered: {self.excluded[name]}.",
@@ -146,6 +179,15 @@ class MCPDiscovery:
         raise MCPServerNotFoundError(name, self._servers, self.path, detail=self.parse_error)
 
     # --- reading the file ---------------------------------------------------------------------
+
+    def _is_project_file(self, path: Path) -> bool:
+        """True for the project's `./.mcp.json` (found by the search, and not the home directory's own)."""
+        if self._config_path is not None or path != self._search_paths[0]:
+            return False
+        try:
+            return not any(path.samefile(home_file) for home_file in self._search_paths[1:] if home_file.exists())
+        except OSError:
+            return True
 
     def _find_file(self) -> tuple[Path, os.stat_result] | None:
         for candidate in self.candidates:
@@ -169,6 +211,7 @@ class MCPDiscovery:
         self._servers = {}
         self.entry_errors = {}
         self.excluded = {}
+        self.untrusted = {}
         self._signature = None
         self.path = None
         self.parse_error = message
@@ -199,9 +242,19 @@ class MCPDiscovery:
         servers: dict[str, ServerEntry] = {}
         entry_errors: dict[str, str] = {}
         excluded: dict[str, str] = {}
+        untrusted = {
+            name: why
+            for name, why in self._verdicts(path, [str(n) for n in servers_doc]).items()
+            if why is not None
+        }
         for name, raw in servers_doc.items():
+            if name in untrusted:
+                continue  # not even expanded: its ${VAR}s must not read the bridge's environment
+            expanded: list[tuple[str, str]] = []
             try:
-                entry = parse_entry(str(name), raw, lambda value, what, n=str(name): self._expand(value, n, what))
+                entry = parse_entry(
+                    str(name), raw, lambda value, what, n=str(name), e=expanded: self._expand(value, n, what, e)
+                )
             except EntryError as exc:
                 entry_errors[name] = f"{exc} (in {path})"
                 logger.warning("MCP server %r is unusable: %s", name, entry_errors[name])
@@ -211,8 +264,8 @@ class MCPDiscovery:
                 excluded[name] = why
                 logger.info("Excluding MCP server %r: %s", name, why)
                 continue
-            for secret in _secret_values(entry):
-                register_secret(secret)
+            for secret, any_length in secret_values(entry, expanded):
+                register_secret(secret, any_length=any_length)
             servers[name] = entry
 
         old = self._servers
@@ -224,6 +277,10 @@ class MCPDiscovery:
         self._servers = servers
         self.entry_errors = entry_errors
         self.excluded = excluded
+        if untrusted.keys() != self.untrusted.keys():
+            for name, why in untrusted.items():
+                logger.warning("MCP server %r is not started: %s", name, why)
+        self.untrusted = untrusted
         self.parse_error = None
         self._parse_error_line = None
         if change:
@@ -236,6 +293,11 @@ class MCPDiscovery:
             )
         return change
 
+    def _verdicts(self, path: Path, names: list[str]) -> dict[str, str | None]:
+        if not self._is_project_file(path):
+            return dict.fromkeys(names)
+        return self.approvals.verdicts(path.parent, path, names)
+
     def _keep_last_good(self, problem: str, path: Path, line: int | None) -> DiscoveryChange:
         kept = ", ".join(sorted(self._servers)) or "none"
         self.parse_error = f"{problem}. Fix the file; until then the last good config stays in use (servers: {kept})."
@@ -243,10 +305,19 @@ class MCPDiscovery:
         logger.error("%s", self.parse_error, extra={"config_path": str(path), "config_line": line})
         return DiscoveryChange()
 
-    def _expand(self, value: str, server: str, what: str) -> str:
+    def _expand(self, value: str, server: str, what: str, expanded: list[tuple[str, str]]) -> str:
+        """`value` with `${VAR}` and `${VAR:-default}` replaced; each value taken goes to `expanded`."""
+
         def substitute(match: re.Match[str]) -> str:
             variable, default = match.group(1), match.group(2)
+            if variable in NEVER_EXPANDED:
+                raise EntryError(
+                    f"MCP server {server!r}: ${{{variable}}} (used in {what}) is the bridge's own LM Studio key "
+                    "and is never passed to another server; give that server a variable of its own"
+                )
             found = self._environ.get(variable)
+            if found:
+                expanded.append((variable, found))
             if default is not None:
                 # Shell semantics of ${VAR:-default}: unset or empty both take the default.
                 return found if found else default
@@ -258,16 +329,6 @@ class MCPDiscovery:
             return found
 
         return _VAR.sub(substitute, value)
-
-
-def _secret_values(entry: ServerEntry) -> list[str]:
-    """The entry's env and header values that hold credentials, to keep out of logs and results.
-
-    Only values under a credential-like name: masking every value (PYTHONPATH, DEBUG=1, a data
-    file's path) would scramble every later message that happens to contain that text.
-    """
-    pairs = [*entry.env.items()] if isinstance(entry, StdioEntry) else [*entry.headers.items()]
-    return [value for key, value in pairs if _SECRET_NAME.search(key) and len(value) >= _SECRET_MIN_CHARS]
 
 
 def _launches_this_bridge(entry: ServerEntry) -> str | None:

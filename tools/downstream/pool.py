@@ -17,8 +17,9 @@ started again, with the lease's entry, on the lease's next call.
 
 Bounds: start + initialize + the first tools/list within `start_timeout_s`; each call within
 `call_timeout_s` (or its own `timeout_s`); sessions unused and unleased for `idle_timeout_s` are
-closed by a reaper task (0 keeps them); `aclose()` stops every runner, and the stdio transport
-kills each child's process group on exit, so no child outlives the pool.
+closed by a reaper task (0 keeps them); `aclose()` stops every runner, and each child's process
+group is gone within 1.1 s (`transports.stop_soon`), so no child outlives the pool; on Linux a
+child also dies with the bridge if the bridge is killed.
 
 How a request's SDK errors become `tools.downstream.errors` is `tools.downstream.session`; how a
 connection is opened (and every SDK workaround) is `tools.downstream.transports`.
@@ -50,10 +51,8 @@ from tools.downstream.session import (
     SessionStatus,
     describe,
     fetch_tools,
-    read_tail,
-    stderr_file,
 )
-from tools.downstream.transports import open_transport
+from tools.downstream.transports import StderrTail, open_transport, stop_soon
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +168,9 @@ class MCPSessionPool:
         sessions = [*self._sessions.values(), *self._retired]
         self._sessions.clear()
         self._retired.clear()
-        await asyncio.gather(*(self._close(s, "shutdown") for s in sessions), *list(self._closing))
+        # Claude gives a closing bridge about 2 s before SIGTERM: each child's group is signalled in time.
+        stopping = [stop_soon(s.process) for s in sessions if s.process is not None]
+        await asyncio.gather(*(self._close(s, "shutdown") for s in sessions), *list(self._closing), *stopping)
 
     # --- sessions -----------------------------------------------------------------------------
 
@@ -241,13 +242,15 @@ class MCPSessionPool:
         entry = session.entry
         error: BaseException | None = None
         start_scope = anyio.CancelScope(deadline=anyio.current_time() + self._start_timeout_s)
-        with contextlib.ExitStack() as files:
-            errlog = files.enter_context(stderr_file()) if isinstance(entry, StdioEntry) else None
+        stderr = StderrTail() if isinstance(entry, StdioEntry) else None
+        with contextlib.ExitStack() as closing:
+            if stderr is not None:
+                closing.callback(stderr.close)
             try:
                 with start_scope:
                     async with AsyncExitStack() as stack:
                         client = Client(
-                            open_transport(entry, errlog, session.took_process, timeout_s=self._start_timeout_s),
+                            open_transport(entry, stderr, session.took_process, timeout_s=self._start_timeout_s),
                             # No SDK timeout: initialize is bounded by start_timeout_s (the scope above), not
                             # by the call timeout (a slow starter, npx fetching a package, is not a slow tool),
                             # and every later request by `ServerSession.request`. So a -32001 error can only
@@ -279,7 +282,7 @@ class MCPSessionPool:
                 self._forget(session)
                 # cancel_called is set when the deadline passed (it was lifted once ready).
                 timed_out = start_scope.cancel_called and session.close_reason is None
-                self._finish(session, error, timed_out, read_tail(errlog))
+                self._finish(session, error, timed_out, stderr.tail() if stderr is not None else "")
 
     async def _serve_until_stopped(self, session: ServerSession) -> None:
         waits = [asyncio.ensure_future(session.stop.wait())]

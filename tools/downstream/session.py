@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -53,8 +51,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _TOOL_PAGES_MAX = 100
-_STDERR_TAIL_BYTES = 4096
-_STDERR_TAIL_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -173,26 +169,7 @@ async def fetch_tools(client: Client) -> list[types.Tool]:
     return tools
 
 
-# --- stderr and error text ---------------------------------------------------------------------
-
-
-def stderr_file() -> IO[str]:
-    # A real file, not a pipe: the child writes to its fd directly, nothing has to drain it, and
-    # the tail can be read at any time. Deleted on close; the tail is read before that.
-    return tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace", prefix="mcp-stderr-")
-
-
-def read_tail(errlog: IO[str] | None) -> str:
-    if errlog is None:
-        return ""
-    try:
-        fd = errlog.fileno()
-        size = os.fstat(fd).st_size
-        data = os.pread(fd, _STDERR_TAIL_BYTES, max(0, size - _STDERR_TAIL_BYTES))
-    except (OSError, ValueError):
-        return ""
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return "\n".join(lines[-_STDERR_TAIL_LINES:])
+# --- error text ---------------------------------------------------------------------------------
 
 
 def describe(exc: BaseException) -> str:
