@@ -20,6 +20,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+MismatchPolicy = Literal["error", "note"]
 ApiMode = Literal["auto", "responses", "chat"]
 
 
@@ -83,6 +84,15 @@ class Settings(BaseSettings):
         ge=0,
         le=7 * 86400,
         description="Idle seconds before LM Studio unloads a model it loaded just-in-time; 0 sends no ttl.",
+    )
+    lmstudio_auto_load: bool = Field(
+        True,
+        description="Load a named model that is not loaded (LM Studio 0.4's load API) rather than let LM Studio "
+        "answer with another; off: such a call is refused.",
+    )
+    model_mismatch: MismatchPolicy = Field(
+        "error",
+        description="When LM Studio reports that another model answered than the one a call named: error or note.",
     )
 
     # --- MCP servers the local model may use ------------------------------------------------

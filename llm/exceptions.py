@@ -5,15 +5,18 @@
     │   └── CircuitOpenError      too many failures in a row: failing fast
     ├── LLMTimeoutError           connect or read timed out                        retried
     ├── LLMResponseError          the answer is unusable: bad JSON, wrong shape, cut stream
-    │   └── LLMStatusError        an HTTP error status          .status_code .body
-    │       ├── LLMRateLimitError         429                   .retry_after_s    retried
-    │       ├── LLMServerError            5xx                                     retried
-    │       ├── NoModelLoadedError        400/404 "no models loaded"
-    │       ├── EndpointNotSupportedError 404/405/501 on a route this server lacks (/v1/responses)
-    │       └── ContextLengthExceededError  prompt + output do not fit the context
+    │   ├── LLMStatusError        an HTTP error status          .status_code .body
+    │   │   ├── LLMRateLimitError         429                   .retry_after_s    retried
+    │   │   ├── LLMServerError            5xx                                     retried
+    │   │   ├── NoModelLoadedError        400/404 "no models loaded"
+    │   │   ├── EndpointNotSupportedError 404/405/501 on a route this server lacks (/v1/responses)
+    │   │   └── ContextLengthExceededError  prompt + output do not fit the context
+    │   └── ModelMismatchError    another model answered than the one named   .asked .answered
+    ├── ModelLoadError            LM Studio could not load the model named    .model_name
     └── LLMValidationError        the request names something that cannot be used
         ├── ModelNotFoundError    .model_name .available_models .suggestions
-        └── ModelTypeError        e.g. an embedding model asked to chat  .model_name .model_type
+        ├── ModelTypeError        e.g. an embedding model asked to chat  .model_name .model_type
+        └── ModelNotLoadedError   not loaded, another is, and loading is off  .model_name .loaded
 
 Every message says what failed and what to do; tools show `str(error)` to the user as is.
 Only the errors marked "retried" can succeed on a retry (`RETRYABLE_ERRORS`).
@@ -177,6 +180,47 @@ class ModelTypeError(LLMValidationError):
         super().__init__(
             f"Model '{model_name}' is an {model_type} model and cannot be used for {needed}. "
             "Pick another with list_models."
+        )
+
+
+class ModelNotLoadedError(LLMValidationError):
+    """The model named is not loaded while another is (LM Studio would answer with that one), and the
+    bridge may not load it (LMSTUDIO_AUTO_LOAD=0)."""
+
+    def __init__(self, model_name: str, loaded: Sequence[str]) -> None:
+        self.model_name = model_name
+        self.loaded = list(loaded)
+        super().__init__(
+            f"Model '{model_name}' is not loaded, and LM Studio would answer with the loaded model "
+            f"({', '.join(self.loaded)}) instead. The bridge loads models only with LMSTUDIO_AUTO_LOAD=1 "
+            f"(it is off): load it in LM Studio (`lms load {model_name}`), or set LMSTUDIO_AUTO_LOAD=1."
+        )
+
+
+class ModelLoadError(LLMError):
+    """LM Studio refused or failed to load the model the bridge asked it to load."""
+
+    def __init__(self, model_name: str, reason: str, original_exception: BaseException | None = None) -> None:
+        self.model_name = model_name
+        super().__init__(
+            f"LM Studio could not load model '{model_name}' ({reason.rstrip('.')}). It may not fit in memory: "
+            f"see LM Studio's server log, load it by hand (`lms load {model_name}`), or pick a loaded model "
+            "with list_models.",
+            original_exception,
+        )
+
+
+class ModelMismatchError(LLMResponseError):
+    """The server says another model answered than the one the call named (LM Studio's substitution)."""
+
+    def __init__(self, asked: str, answered: str) -> None:
+        self.asked = asked
+        self.answered = answered
+        super().__init__(
+            f"LM Studio answered with model '{answered}', not '{asked}' as asked: it uses the loaded model "
+            f"when the one named is not loaded and cannot be loaded. Load '{asked}' in LM Studio "
+            f"(`lms load {asked}`; on LM Studio 0.4+ the bridge loads it itself with LMSTUDIO_AUTO_LOAD=1), "
+            "or set MODEL_MISMATCH=note to accept such answers with a note."
         )
 
 

@@ -11,6 +11,9 @@ Every tool, the agent, the client's queues and `doctor` ask `ModelCatalog`; noth
 - The default-model policy: a call without `model` uses DEFAULT_MODEL (validated like a named
   one), else the loaded LLM, else the first LLM listed (LM Studio loads it just in time). Without
   `model`, an embeddings call uses the first embedding model.
+- Loaded or not: a named model LM Studio would substitute is loaded first, or refused, and the model
+  a reply names is checked against the one asked for; both by `llm.model_guard.ModelGuard`, which the
+  catalog asks (`resolve`, `check_answer`).
 - Queues: each model id gets one semaphore, sized by LMSTUDIO_MAX_CONCURRENCY, else the parallel
   slots the server reports for it, else `DEFAULT_CONCURRENCY`; the size is decided from the list
   the resolution itself read, so it never depends on what happened to be fetched earlier.
@@ -36,6 +39,7 @@ from llm.exceptions import (
     ModelTypeError,
     NoModelLoadedError,
 )
+from llm.model_guard import ModelGuard
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,14 @@ _WRONG_TYPES: dict[Purpose, frozenset[str]] = {
 
 
 @dataclass(frozen=True)
+class LoadedInstance:
+    """One loaded copy of a model and the context it was loaded with (None when not reported)."""
+
+    id: str
+    context_length: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """One model as the server lists it; fields a poorer listing lacks stay None."""
 
@@ -66,6 +78,7 @@ class ModelInfo:
     trained_for_tool_use: bool | None = None
     parallel: int | None = None  # predictions the loaded instances run at once (LM Studio 0.4+)
     loaded_context_length: int | None = None  # the context it is loaded with: the real budget
+    instances: tuple[LoadedInstance, ...] = ()  # the loaded copies, each with its context (when reported)
 
     @property
     def is_embedding(self) -> bool:
@@ -126,6 +139,11 @@ def _parse_entry(entry: dict[str, object]) -> ModelInfo | None:
     capabilities = entry.get("capabilities")
     tool_use = capabilities.get("trained_for_tool_use") if isinstance(capabilities, dict) else None
     kind = entry.get("type")
+    loaded_context = loaded_context if _positive_int(loaded_context) else None
+    if isinstance(raw_instances, list):
+        shown = tuple(_instance(i) for i in listed if i)
+    else:  # 0.3's listing: one loaded copy at most, its context in `loaded_context_length`
+        shown = (LoadedInstance(str(model_id), loaded_context),) if state == "loaded" else ()
     return ModelInfo(
         id=str(model_id),
         type="embeddings" if kind == "embedding" else kind if isinstance(kind, str) else None,
@@ -134,8 +152,17 @@ def _parse_entry(entry: dict[str, object]) -> ModelInfo | None:
         loaded_instances=instances,
         trained_for_tool_use=tool_use if isinstance(tool_use, bool) else None,
         parallel=parallel or None,
-        loaded_context_length=loaded_context if _positive_int(loaded_context) else None,
+        loaded_context_length=loaded_context,
+        instances=shown,
     )
+
+
+def _instance(raw: object) -> LoadedInstance:
+    if not isinstance(raw, dict):
+        return LoadedInstance(str(raw))
+    config = raw.get("config")
+    context = config.get("context_length") if isinstance(config, dict) else None
+    return LoadedInstance(str(raw.get("id")), context if _positive_int(context) else None)
 
 
 def _positive_int(value: object) -> bool:
@@ -176,9 +203,11 @@ class ModelCatalog:
         aliases: Mapping[str, str] | None = None,
         default_model: str | None = None,
         max_concurrency: int | None = None,
+        guard: ModelGuard | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fetch_list = fetch
+        self.guard = guard or ModelGuard()
         self.base_url = base_url
         self._ttl_s = ttl_s
         self._aliases = dict(aliases or {})
@@ -275,7 +304,18 @@ class ModelCatalog:
         info, model_id = found
         if info.type in _WRONG_TYPES[purpose]:
             raise ModelTypeError(model_id, str(info.type), purpose)
+        if await self.guard.prepare(info, infos):
+            # Loaded just now: its entry (loaded state, context) is new.
+            info, model_id = _match(model_id, await self.models(refresh=True)) or found
         return self._resolved(info, model_id, source)
+
+    def check_answer(self, model: ResolvedModel, answered: str | None) -> str | None:
+        """After a call: a note when another model answered than `model` (see `llm.model_guard`).
+
+        Raises:
+            ModelMismatchError: the call named the model, another answered, and MODEL_MISMATCH is `error`.
+        """
+        return self.guard.check_answer(model, answered)
 
     def _resolved(self, info: ModelInfo, model_id: str, source: Source) -> ResolvedModel:
         queue = self._queues.get(model_id)

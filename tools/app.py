@@ -23,6 +23,7 @@ from mcp.server.mcpserver import Context
 from config import Settings
 from llm.capabilities import ServerCapabilities
 from llm.llm_client import ClientOptions, LLMClient
+from llm.model_guard import GuardPolicy, ModelGuard
 from llm.models import ModelCatalog
 from tools.agent import DynamicAutonomousAgent
 from tools.downstream.discovery import MCPDiscovery
@@ -62,6 +63,11 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
             aliases=settings.model_aliases,
             default_model=settings.default_model,
             max_concurrency=settings.lmstudio_max_concurrency,
+            guard=ModelGuard(
+                GuardPolicy(settings.lmstudio_auto_load, settings.model_context_tokens, settings.model_mismatch),
+                load=lambda model_id, context: llm.load_model(model_id, context_length=context),
+                can_load=lambda: llm.has_load_api,
+            ),
         )
         capabilities = ServerCapabilities(llm.base_url, settings.lmstudio_api_mode)
         discovery = MCPDiscovery(settings.mcp_json_path)

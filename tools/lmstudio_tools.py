@@ -1,8 +1,10 @@
 """The direct LM Studio tools: health, models, chat and text completion, embeddings, responses.
 
 Every tool that runs a model takes an optional `model`, resolved by the model catalog
-(aliases resolved; an unknown name fails with the available list) before any generation
-starts. `model` left out means the default model (DEFAULT_MODEL, else the loaded one).
+(aliases resolved; an unknown name fails with the available list; a model LM Studio would
+substitute is loaded first) before any generation starts. `model` left out means the default
+model (DEFAULT_MODEL, else the loaded one). After the call the catalog checks the model the
+reply names (`check_answer`): another model than the one named is an error, or a `note`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
-from llm.models import ModelInfo
+from llm.models import ModelInfo, ResolvedModel
 from llm.reasoning import split_reasoning
 from llm.results import StreamEvent, Usage
 from tools.app import AppState, app_state
@@ -52,8 +54,27 @@ def _model_row(info: ModelInfo) -> dict[str, object]:
         "type": info.type,
         "state": info.state,
         "max_context_length": info.max_context_length,
+        "loaded_context_length": info.loaded_context_length,
+        "loaded_instances": _instances(info),
         "trained_for_tool_use": info.trained_for_tool_use,
     }
+
+
+def _instances(info: ModelInfo) -> list[dict[str, object]]:
+    return [{"id": i.id, "context_length": i.context_length} for i in info.instances]
+
+
+def _checked(state: AppState, resolved: ResolvedModel, answered: str | None, text: str,
+             data: dict[str, object]) -> CallToolResult:
+    """The result, after the catalog checked who answered: a `note` (and a line of text) when another model did.
+
+    Raises:
+        ModelMismatchError: the call named the model, and MODEL_MISMATCH is `error`.
+    """
+    note = state.catalog.check_answer(resolved, answered)
+    if note is not None:
+        text, data = f"{text}\n\n[Note: {note}]", {**data, "note": note}
+    return success(text, data)
 
 
 def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
@@ -68,8 +89,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         models = await state.catalog.models(refresh=True)
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         loaded = [m.id for m in models if m.is_loaded]
+        instances = [row for m in models for row in _instances(m)]
+        shown = [f"{i['id']} (context {i['context_length']})" if i["context_length"] else str(i["id"]) for i in instances]
         text = f"LM Studio is reachable at {state.llm.base_url} ({latency_ms} ms): {len(models)} models"
-        text += f", loaded: {', '.join(loaded)}" if loaded else " (loaded state not reported or none loaded)"
+        text += f", loaded: {', '.join(shown or loaded)}" if loaded else " (loaded state not reported or none loaded)"
         return success(
             text,
             {
@@ -78,6 +101,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
                 "latency_ms": latency_ms,
                 "models": len(models),
                 "loaded": loaded,
+                "loaded_instances": instances,
             },
         )
 
@@ -133,7 +157,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         )
         answer, inline_reasoning = split_reasoning(result.content)
         reasoning = _joined(result.reasoning, inline_reasoning)
-        return success(
+        return _checked(
+            state,
+            resolved,
+            result.model,
             answer,
             {
                 "answer": answer,
@@ -162,7 +189,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         result = await state.llm.text_completion(
             prompt, model=resolved, temperature=temperature, max_tokens=max_tokens, stop=stop
         )
-        return success(
+        return _checked(
+            state,
+            resolved,
+            result.model,
             result.text,
             {
                 "text": result.text,
@@ -195,7 +225,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         result = await state.llm.generate_embeddings(text, model=resolved)
         dims = len(result.embeddings[0]) if result.embeddings else 0
         used = result.model or resolved.id
-        return success(
+        return _checked(
+            state,
+            resolved,
+            result.model,
             f"{len(result.embeddings)} embedding(s) of {dims} dimensions from {used}",
             {"model": used, "dimensions": dims, "embeddings": result.embeddings},
         )
@@ -227,7 +260,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         )
         answer, inline_reasoning = split_reasoning(result.text)
         reasoning = _joined(result.reasoning, inline_reasoning)
-        return success(
+        return _checked(
+            state,
+            resolved,
+            result.model,
             f"{answer}\n\n(response_id: {result.id})",
             {
                 "text": answer,

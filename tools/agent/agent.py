@@ -196,6 +196,7 @@ class DynamicAutonomousAgent:
                 ),
                 offer=offer,
                 context=ContextKeeper(run, budget),
+                check_answer=self.catalog.check_answer,
             )
             return await runner.run(run)
         finally:

@@ -80,24 +80,12 @@ class RunContext:
             api=self.api or "chat",
             servers=list(self.servers),
             usage=dict(self.usage),
-            notes=[*self.notes, *_model_mismatch(self.model.id, self.reported_models)],
+            notes=list(self.notes),
             error=error,
             assists={key: count for key, count in sorted(self.assists.items()) if count},
             tools_offered=list(self.tools_offered),
             context=dict(self.context),
         )
-
-
-def _model_mismatch(asked: str, reported: set[str]) -> list[str]:
-    """A note when the server says another model answered (LM Studio ignores the name with one model loaded)."""
-    base = asked.split(":")[0].lower()
-    others = sorted(m for m in reported if m.split(":")[0].lower() != base)
-    if not others:
-        return []
-    return [
-        f"LM Studio reports that {', '.join(others)} answered although {asked} was asked for: with a single "
-        "model loaded, LM Studio uses it whatever the name. Load the model you want (or unload the other)."
-    ]
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from llm.conversation import (
 )
 from llm.exceptions import EndpointNotSupportedError, LLMError
 from llm.llm_client import LLMClient
+from llm.models import ResolvedModel
 from llm.results import StreamEvent
 from tools.agent.context import ContextKeeper
 from tools.agent.events import (
@@ -91,8 +92,10 @@ class Runner:
         limits: RunLimits,
         offer: ToolOffer,
         context: ContextKeeper,
+        check_answer: Callable[[ResolvedModel, str | None], str | None] = lambda model, answered: None,
     ) -> None:
         self._llm = llm
+        self._check_answer = check_answer
         self._capabilities = capabilities
         self._executor = executor
         self._hooks = hooks
@@ -157,6 +160,10 @@ class Runner:
     async def _ask(self, run: RunContext, request: Callable[[], Awaitable[ModelTurn]]) -> ModelTurn:
         await self._hooks.emit(ModelRequested(run))
         turn = await request()
+        # Who answered, before its words are kept: another model than the one named ends the run
+        # (ModelMismatchError), unless MODEL_MISMATCH=note.
+        if (note := self._check_answer(run.model, turn.model)) and note not in run.notes:
+            run.notes.append(note)
         if not turn.tool_calls and (found := recover_tool_calls(turn.text, run.toolset, round_index=run.rounds)):
             logger.info("read %d tool call(s) written as text (%s format)", len(found.calls), found.format)
             run.assists["tool_calls_from_text"] += len(found.calls)
