@@ -11,12 +11,14 @@
     │   │   ├── NoModelLoadedError        400/404 "no models loaded"
     │   │   ├── EndpointNotSupportedError 404/405/501 on a route this server lacks (/v1/responses)
     │   │   └── ContextLengthExceededError  prompt + output do not fit the context
-    │   └── ModelMismatchError    another model answered than the one named   .asked .answered
+    │   ├── ModelMismatchError    another model answered than the one named   .asked .answered
+    │   └── StructuredOutputError the answer does not match output_schema, even repaired  .problem .raw
     ├── ModelLoadError            LM Studio could not load the model named    .model_name
     └── LLMValidationError        the request names something that cannot be used
         ├── ModelNotFoundError    .model_name .available_models .suggestions
         ├── ModelTypeError        e.g. an embedding model asked to chat  .model_name .model_type
-        └── ModelNotLoadedError   not loaded, another is, and loading is off  .model_name .loaded
+        ├── ModelNotLoadedError   not loaded, another is, and loading is off  .model_name .loaded
+        └── OutputSchemaError     output_schema is not a valid JSON Schema   .problem
 
 Every message says what failed and what to do; tools show `str(error)` to the user as is.
 Only the errors marked "retried" can succeed on a retry (`RETRYABLE_ERRORS`).
@@ -221,6 +223,32 @@ class ModelMismatchError(LLMResponseError):
             f"when the one named is not loaded and cannot be loaded. Load '{asked}' in LM Studio "
             f"(`lms load {asked}`; on LM Studio 0.4+ the bridge loads it itself with LMSTUDIO_AUTO_LOAD=1), "
             "or set MODEL_MISMATCH=note to accept such answers with a note."
+        )
+
+
+class StructuredOutputError(LLMResponseError):
+    """The model's answer does not match the output schema, even after one repair round."""
+
+    RAW_SHOWN = 2000
+
+    def __init__(self, problem: str, raw: str) -> None:
+        self.problem = problem
+        self.raw = raw
+        shown = raw if len(raw) <= self.RAW_SHOWN else raw[: self.RAW_SHOWN] + f"... ({len(raw)} characters)"
+        super().__init__(
+            f"The model's answer does not match output_schema, even after one repair round: {problem}. "
+            f"Its answer was: {shown!r}. Try a simpler schema, a clearer task, or a larger model."
+        )
+
+
+class OutputSchemaError(LLMValidationError):
+    """The `output_schema` a call gave is not a valid JSON Schema (nothing was sent to the model)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(
+            f"output_schema is not a valid JSON Schema: {problem}. Give a JSON Schema object, e.g. "
+            '{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}.'
         )
 
 

@@ -23,6 +23,9 @@ from llm.results import StreamEvent, Usage
 from tools.app import AppState, app_state
 from tools.progress import ProgressReporter
 from tools.results import as_json, reports_errors, success
+from tools.typed_results import OutputSchema, checked_schema, typed_fields
+from tools.typed_results import chat as typed_or_plain_chat
+from tools.typed_results import respond as typed_or_plain_response
 
 ModelParam = Annotated[
     str | None,
@@ -141,9 +144,14 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         temperature: Temperature = 0.7,
         max_tokens: MaxTokens = 1024,
         model: ModelParam = None,
+        output_schema: OutputSchema = None,
     ) -> CallToolResult:
-        """Ask a local model one question and get its answer (reasoning kept out of the answer)."""
+        """Ask a local model one question and get its answer (reasoning kept out of the answer).
+
+        With `output_schema` the answer is JSON matching it, also returned parsed as `result`.
+        """
         state = app_state(ctx)
+        schema = checked_schema(output_schema)
         resolved = await state.catalog.resolve(model)
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": prompt})
@@ -152,8 +160,9 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         async def on_event(event: StreamEvent) -> None:
             await progress.report(f"{resolved.id}: generating ({event.chars_so_far} chars)")
 
-        result = await state.llm.chat_completion(
-            messages, model=resolved, temperature=temperature, max_tokens=max_tokens, stream=True, on_event=on_event
+        result, typed = await typed_or_plain_chat(
+            state, messages, model=resolved, schema=schema, temperature=temperature, max_tokens=max_tokens,
+            on_event=on_event,
         )
         answer, inline_reasoning = split_reasoning(result.content)
         reasoning = _joined(result.reasoning, inline_reasoning)
@@ -168,6 +177,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
                 "finish_reason": result.finish_reason,
                 "reasoning": reasoning,
                 "usage": _usage(result.usage),
+                **typed_fields(typed),
             },
         )
 
@@ -246,13 +256,21 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         temperature: Annotated[float | None, Field(description="Optional temperature, 0 to 2.", ge=0, le=2)] = None,
         max_output_tokens: Annotated[int | None, Field(description="Optional cap on output tokens.", ge=1)] = None,
         model: ModelParam = None,
+        output_schema: OutputSchema = None,
     ) -> CallToolResult:
-        """Stateful conversation through LM Studio's /v1/responses: pass the returned response_id to continue."""
+        """Stateful conversation through LM Studio's /v1/responses: pass the returned response_id to continue.
+
+        With `output_schema` the answer is JSON matching it (validated here: LM Studio does not enforce
+        it on this route), also returned parsed as `result`.
+        """
         state = app_state(ctx)
+        schema = checked_schema(output_schema)
         resolved = await state.catalog.resolve(model)
-        result = await state.llm.create_response(
+        result, typed = await typed_or_plain_response(
+            state,
             input,
             model=resolved,
+            schema=schema,
             previous_response_id=previous_response_id,
             instructions=instructions,
             temperature=temperature,
@@ -271,6 +289,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
                 "model": result.model or resolved.id,
                 "reasoning": reasoning,
                 "usage": _usage(result.usage),
+                **typed_fields(typed),
             },
         )
 

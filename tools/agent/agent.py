@@ -26,6 +26,7 @@ from llm.capabilities import ServerCapabilities
 from llm.exceptions import LLMError
 from llm.llm_client import LLMClient
 from llm.models import ModelCatalog
+from llm.structured import check_schema
 from tools.agent.budget import ContextBudget
 from tools.agent.context import ContextKeeper
 from tools.agent.events import HookSet, RunContext, RunHooks
@@ -34,6 +35,7 @@ from tools.agent.result import RunResult
 from tools.agent.runner import RunLimits, Runner
 from tools.agent.tool_execution import ToolExecutor
 from tools.agent.tool_selection import SEARCH_TOOL, ToolOffer
+from tools.agent.typed_answer import TypedAnswerStep
 from tools.downstream.discovery import MCPDiscovery
 from tools.downstream.entries import ServerEntry
 from tools.downstream.errors import MCPBridgeError, MCPConfigError
@@ -122,16 +124,22 @@ class DynamicAutonomousAgent:
         model: str | None = None,
         progress: ProgressReporter | None = None,
         hooks: Sequence[RunHooks] = (),
+        output_schema: dict[str, object] | None = None,
     ) -> RunResult:
         """One autonomous run over `servers` (None: every enabled server).
 
+        `output_schema`: the final answer is also asked for as JSON matching it (`RunResult.result`).
+
         Raises:
+            OutputSchemaError: `output_schema` is not a JSON Schema (checked before anything else).
             ModelNotFoundError, LLMConnectionError, ...: the model cannot be used (before any server starts).
             MCPServerNotFoundError, MCPConfigError, MCPServerStartError: the servers cannot be used.
         """
+        if output_schema is not None:
+            check_schema(output_schema)
         token = run_id.set(new_run_id())
         try:
-            return await self._run(servers, task, max_rounds, max_tokens, model, progress, hooks)
+            return await self._run(servers, task, max_rounds, max_tokens, model, progress, hooks, output_schema)
         finally:
             run_id.reset(token)
 
@@ -144,6 +152,7 @@ class DynamicAutonomousAgent:
         model: str | None,
         progress: ProgressReporter | None,
         hooks: Sequence[RunHooks],
+        output_schema: dict[str, object] | None = None,
     ) -> RunResult:
         resolved = await self.catalog.resolve(model)
         entries, notes = await self._entries(servers)
@@ -159,6 +168,7 @@ class DynamicAutonomousAgent:
                 toolset=toolset,
                 notes=[*notes, *start_notes, *policy_notes, *schema_notes],
                 run_id=run_id.get(),
+                output_schema=output_schema,
             )
             budget = ContextBudget.for_model(
                 resolved,
@@ -197,6 +207,10 @@ class DynamicAutonomousAgent:
                 offer=offer,
                 context=ContextKeeper(run, budget),
                 check_answer=self.catalog.check_answer,
+                typed=None if output_schema is None else TypedAnswerStep(
+                    self.llm, self.capabilities, output_schema, max_tokens=budget.output_tokens,
+                    check_answer=self.catalog.check_answer,
+                ),
             )
             return await runner.run(run)
         finally:

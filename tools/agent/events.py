@@ -51,6 +51,9 @@ class RunContext:
     """What the bridge did for the model: calls read from text, arguments repaired, outputs cut, ..."""
     tools_offered: list[str] = field(default_factory=list)
     context: dict[str, object] = field(default_factory=dict)
+    output_schema: dict[str, object] | None = None
+    """The JSON Schema the final answer must match (`tools.agent.typed_answer`), if the call gave one."""
+    typed_result: object = None
 
     @property
     def elapsed_s(self) -> float:
@@ -85,6 +88,8 @@ class RunContext:
             assists={key: count for key, count in sorted(self.assists.items()) if count},
             tools_offered=list(self.tools_offered),
             context=dict(self.context),
+            typed=self.output_schema is not None,
+            result=self.typed_result,
         )
 
 

@@ -37,6 +37,8 @@ class RunResult:
     assists: dict[str, int] = field(default_factory=dict)
     tools_offered: list[str] = field(default_factory=list)
     context: dict[str, object] = field(default_factory=dict)
+    typed: bool = False  # the call gave an output_schema: `result` is part of the structured content
+    result: object = None  # the final answer parsed and validated against it (None unless the run completed)
 
     @property
     def text(self) -> str:
@@ -55,6 +57,7 @@ class RunResult:
         return f"{self.answer}\n\n[Run stopped early because {why}.]"
 
     def structured(self) -> dict[str, object]:
+        typed = {"result": self.result} if self.typed else {}
         return {
             "answer": self.answer,
             "model": self.model,
@@ -73,4 +76,5 @@ class RunResult:
             "assists": self.assists,
             "tools_offered": self.tools_offered,
             "context": self.context or None,
+            **typed,
         }

@@ -11,6 +11,7 @@
                        -> each call: the loop guard, then the executor (names and arguments mended)
                        -> the outputs, cut to the room the context has left, go back to the model
                           (history compacted first if needed; an overflow is survived once)
+      with an output_schema: the final answer asked for once more, typed (`typed_answer`)
       bounded by AUTONOMOUS_TIMEOUT_S; an LM Studio error ends the run with what was said so far
 
 Everything that watches the run is a hook (`tools.agent.events`); running a call is the executor's
@@ -60,6 +61,7 @@ from tools.agent.schema_probe import refusal_about_tools, refused_tools
 from tools.agent.text_calls import recover_tool_calls
 from tools.agent.tool_execution import ToolExecutor
 from tools.agent.tool_selection import ToolOffer
+from tools.agent.typed_answer import TypedAnswerStep
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +95,10 @@ class Runner:
         offer: ToolOffer,
         context: ContextKeeper,
         check_answer: Callable[[ResolvedModel, str | None], str | None] = lambda model, answered: None,
+        typed: TypedAnswerStep | None = None,
     ) -> None:
         self._llm = llm
+        self._typed = typed
         self._check_answer = check_answer
         self._capabilities = capabilities
         self._executor = executor
@@ -113,6 +117,9 @@ class Runner:
         try:
             with anyio.move_on_after(self._limits.timeout_s) as deadline:
                 stop = await self._loop(run)
+                if stop == "completed" and self._typed is not None and self._conversation is not None:
+                    await self._hooks.emit(ModelRequested(run))
+                    await self._typed.answer(run, self._conversation)
             if deadline.cancelled_caught:
                 stop = "timeout"
         except LLMError as exc:
