@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     autonomous_timeout_s: float = Field(
         900.0, gt=0, le=86400, description="Wall-clock bound on one autonomous task."
     )
+    autonomous_max_background_runs: int = Field(
+        4, ge=1, le=64, description="Background runs (autonomous_start) that may run at once; more are refused."
+    )
+    autonomous_result_ttl_s: float = Field(
+        3600.0, ge=60, le=7 * 86400, description="How long a finished background run's result is kept."
+    )
     autonomous_repeat_limit: int = Field(
         3, ge=2, le=100, description="Identical tool calls (same name and arguments) that count as a loop."
     )

@@ -60,6 +60,11 @@ DOC_MODELS: tuple[FakeModel, ...] = (
 DOC_URL = "http://localhost:1234"
 DOC_CONFIG_PATH = "/home/you/.mcp.json"
 
+# The tools whose result is a run's: it must have completed, its tool calls all ok.
+RUN_RESULTS = {
+    "autonomous_with_mcp", "autonomous_with_multiple_mcps", "autonomous_discover_and_execute", "autonomous_result"
+}
+
 # Harmless calls the scripted model may make, by the server's own tool name.
 SAFE_CALLS: dict[str, dict[str, object]] = {
     "get_current_time": {"timezone": "UTC"},
@@ -348,12 +353,16 @@ async def test_documented_examples_run_against_the_stand_in_and_real_servers(
         with anyio.fail_after(50):
             async with in_process_bridge(settings) as client:
                 last_response_id: str | None = None
+                last_run_id: str | None = None
                 for example in examples(doc):
                     arguments = dict(example.arguments)
                     if "previous_response_id" in arguments and example.expect == "ok":
                         # The docs show the id the previous call returned; use this run's.
                         assert last_response_id, f"{example.label}: no earlier create_response to continue"
                         arguments["previous_response_id"] = last_response_id
+                    if "run_id" in arguments and example.expect == "ok":
+                        assert last_run_id, f"{example.label}: no earlier autonomous_start"
+                        arguments["run_id"] = last_run_id
                     result = await client.call_tool(example.tool, arguments)
                     text = shown(text_of(result))
                     data = result.structured_content
@@ -370,7 +379,9 @@ async def test_documented_examples_run_against_the_stand_in_and_real_servers(
                         continue
                     if example.tool == "create_response":
                         last_response_id = data["response_id"]
-                    if example.tool.startswith("autonomous_"):
+                    if example.tool == "autonomous_start":
+                        last_run_id = data["run_id"]
+                    if example.tool in RUN_RESULTS:
                         calls = data["tool_calls"]
                         if data["stop_reason"] != "completed" or not calls or not all(c["ok"] for c in calls):
                             problems.append(f"{example.label}: run did not complete cleanly: {data}")

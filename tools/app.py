@@ -8,7 +8,8 @@ then the HTTP client.
              ├► ModelCatalog (which model; queues)          ◄── the client's model listing
              ├► ServerCapabilities (what the server's API can do)
              ├► MCPDiscovery (.mcp.json) ─► MCPSessionPool (sessions, leases)
-             └► DynamicAutonomousAgent (uses all of the above), Metrics
+             ├► DynamicAutonomousAgent (uses all of the above), Metrics
+             └► BackgroundRuns (autonomous_start's runs; closed first: its runs use everything above)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from llm.llm_client import ClientOptions, LLMClient
 from llm.model_guard import GuardPolicy, ModelGuard
 from llm.models import ModelCatalog
 from tools.agent import DynamicAutonomousAgent
+from tools.background import BackgroundRuns
 from tools.downstream.discovery import MCPDiscovery
 from tools.downstream.pool import MCPSessionPool
 from utils.logging import register_secret
@@ -47,6 +49,7 @@ class AppState:
     pool: MCPSessionPool
     agent: DynamicAutonomousAgent
     metrics: Metrics
+    runs: BackgroundRuns
 
 
 @asynccontextmanager
@@ -87,6 +90,12 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
             pool=pool,
             metrics=metrics,
         )
+        # Entered last, so it exits first: runs still going are cancelled while their sessions still work.
+        runs = await stack.enter_async_context(
+            BackgroundRuns(
+                max_running=settings.autonomous_max_background_runs, keep_s=settings.autonomous_result_ttl_s
+            )
+        )
         logger.info("bridge %s ready; LM Studio at %s", __version__, llm.base_url)
         yield AppState(
             settings=settings,
@@ -97,6 +106,7 @@ async def bridge_state(settings: Settings) -> AsyncIterator[AppState]:
             pool=pool,
             agent=agent,
             metrics=metrics,
+            runs=runs,
         )
         logger.info("bridge shutting down: closing MCP sessions and the LM Studio client")
 

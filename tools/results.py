@@ -18,6 +18,7 @@ from mcp.types import CallToolResult, TextContent
 
 from config import ConfigError
 from llm.exceptions import LLMError
+from tools.background import BackgroundRunError
 from tools.downstream.errors import MCPBridgeError
 from utils.logging import redact
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (LLMError, MCPBridgeError, ConfigError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (LLMError, MCPBridgeError, ConfigError, BackgroundRunError)
 
 
 def _scrubbed(data: Mapping[str, object] | None) -> dict[str, object] | None:

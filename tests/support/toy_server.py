@@ -2,13 +2,15 @@
 
 Tools: echo, crash (the process exits mid-call), sleep (a call that hangs), big (a large
 result), image (an image result), garbage (writes a non-JSON line to stdout, then answers),
-fail (an isError result).
+fail (an isError result). With TOY_START_DELAY_S set it waits that long before it answers at all
+(a server slow to start).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import time
 
 import anyio
 from mcp.server.mcpserver import Image, MCPServer
@@ -67,4 +69,5 @@ def fail() -> str:
 
 
 if __name__ == "__main__":
+    time.sleep(float(os.environ.get("TOY_START_DELAY_S", "0")))
     server.run()

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -30,7 +31,7 @@ from llm.structured import check_schema
 from tools.agent.budget import ContextBudget
 from tools.agent.context import ContextKeeper
 from tools.agent.events import HookSet, RunContext, RunHooks
-from tools.agent.hooks import LoggingHook, MetricsHook, ProgressHook, TracingHook
+from tools.agent.hooks import HEARTBEAT_S, LoggingHook, MetricsHook, ProgressHook, TracingHook
 from tools.agent.result import RunResult
 from tools.agent.runner import RunLimits, Runner
 from tools.agent.tool_execution import ToolExecutor
@@ -74,6 +75,8 @@ class DynamicAutonomousAgent:
         self.discovery = discovery
         self.pool = pool
         self.metrics = metrics or Metrics()
+        self.heartbeat_s = HEARTBEAT_S
+        """How often a silent step (a model loading, servers starting, a model or tool working) is reported."""
 
     @property
     def model_validator(self) -> ModelCatalog:
@@ -154,11 +157,25 @@ class DynamicAutonomousAgent:
         hooks: Sequence[RunHooks],
         output_schema: dict[str, object] | None = None,
     ) -> RunResult:
-        resolved = await self.catalog.resolve(model)
+        reporter = progress or ProgressReporter(None)
+        started = time.monotonic()
+
+        def waited() -> str:
+            return f"{time.monotonic() - started:.0f} s"
+
+        # Resolving can mean loading the model (minutes for a big one), starting servers seconds each:
+        # both report a heartbeat, so Claude Code's timer restarts and Claude sees why it waits.
+        async with reporter.heartbeat(lambda: f"waiting for LM Studio: model {model or '(default)'} ({waited()})",
+                                      every_s=self.heartbeat_s):
+            resolved = await self.catalog.resolve(model)
         entries, notes = await self._entries(servers)
         leases = {entry.name: self.pool.lease(entry) for entry in entries}
         try:
-            tools_by_server, start_notes = await self._tools(leases)
+            names = ", ".join(leases)
+            await reporter.report(f"connecting to MCP servers: {names}", force=True)
+            async with reporter.heartbeat(lambda: f"starting MCP servers: {names} ({waited()})",
+                                          every_s=self.heartbeat_s):
+                tools_by_server, start_notes = await self._tools(leases)
             tools_by_server, policy_notes = apply_tool_policy(tools_by_server, self.settings)
             toolset, schema_notes = build_toolset(tools_by_server, namespaced=len(tools_by_server) > 1)
             run = RunContext(
@@ -188,7 +205,7 @@ class DynamicAutonomousAgent:
                     LoggingHook(),
                     MetricsHook(self.metrics),
                     TracingHook(),
-                    ProgressHook(progress or ProgressReporter(None)),
+                    ProgressHook(reporter, heartbeat_s=self.heartbeat_s),
                     *hooks,
                 ]
             )
