@@ -115,6 +115,19 @@ class Settings(BaseSettings):
     mcp_read_only_tools: bool = Field(
         False, description="Offer the local model only tools that declare readOnlyHint."
     )
+    mcp_approve_writes: bool = Field(
+        False,
+        description="Ask the user (MCP elicitation) before the local model runs a tool that does not declare "
+        "readOnlyHint.",
+    )
+    mcp_approve_tools: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON: per server, glob patterns of tools that always need the user\'s approval, e.g. '
+        '{"*": ["delete_*"]}.',
+    )
+    mcp_approval_timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="How long to wait for the user's answer to an approval request."
+    )
     mcp_idle_timeout_s: float = Field(
         600.0, ge=0, le=86400, description="Idle time after which a server's session is closed; 0 keeps it."
     )
@@ -190,7 +203,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://, e.g. http://localhost:1234")
         return value.rstrip("/").removesuffix("/v1")
 
-    @field_validator("model_aliases", "mcp_tool_allow", "mcp_tool_deny", mode="before")
+    @field_validator("model_aliases", "mcp_tool_allow", "mcp_tool_deny", "mcp_approve_tools", mode="before")
     @classmethod
     def _parse_json(cls, value: Any) -> Any:
         if isinstance(value, str):

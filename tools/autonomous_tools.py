@@ -15,6 +15,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from tools.agent import DEFAULT_MAX_ROUNDS, RunResult
+from tools.agent.approval import ElicitationApprover
 from tools.app import AppState, app_state
 from tools.progress import ProgressReporter
 from tools.results import failure, reports_errors, success
@@ -68,9 +69,12 @@ async def _run(
     ctx: Context, servers: list[str] | None, task: str, max_rounds: int, max_tokens: int | str, model: str | None,
     output_schema: dict[str, object] | None = None,
 ) -> CallToolResult:
-    run: RunResult = await app_state(ctx).agent.run(
+    state = app_state(ctx)
+    # Approvals are asked in this call, when the client can be asked (tools.agent.approval).
+    approver = ElicitationApprover.from_context(ctx, timeout_s=state.settings.mcp_approval_timeout_s)
+    run: RunResult = await state.agent.run(
         servers, task, max_rounds=max_rounds, max_tokens=max_tokens, model=model, progress=ProgressReporter(ctx),
-        output_schema=output_schema,
+        output_schema=output_schema, approver=approver,
     )
     if run.stop_reason == "error":
         return failure(run.text, run.structured())

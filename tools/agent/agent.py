@@ -28,6 +28,7 @@ from llm.exceptions import LLMError
 from llm.llm_client import LLMClient
 from llm.models import ModelCatalog
 from llm.structured import check_schema
+from tools.agent.approval import ApprovalGate, ApprovalPolicy, Approver
 from tools.agent.budget import ContextBudget
 from tools.agent.context import ContextKeeper
 from tools.agent.events import HookSet, RunContext, RunHooks
@@ -128,10 +129,13 @@ class DynamicAutonomousAgent:
         progress: ProgressReporter | None = None,
         hooks: Sequence[RunHooks] = (),
         output_schema: dict[str, object] | None = None,
+        approver: Approver | None = None,
     ) -> RunResult:
         """One autonomous run over `servers` (None: every enabled server).
 
         `output_schema`: the final answer is also asked for as JSON matching it (`RunResult.result`).
+        `approver`: how to ask the user about calls that need approval (None: they cannot be asked, and
+        such calls are not run; see `tools.agent.approval`).
 
         Raises:
             OutputSchemaError: `output_schema` is not a JSON Schema (checked before anything else).
@@ -142,7 +146,9 @@ class DynamicAutonomousAgent:
             check_schema(output_schema)
         token = run_id.set(new_run_id())
         try:
-            return await self._run(servers, task, max_rounds, max_tokens, model, progress, hooks, output_schema)
+            return await self._run(
+                servers, task, max_rounds, max_tokens, model, progress, hooks, output_schema, approver
+            )
         finally:
             run_id.reset(token)
 
@@ -156,6 +162,7 @@ class DynamicAutonomousAgent:
         progress: ProgressReporter | None,
         hooks: Sequence[RunHooks],
         output_schema: dict[str, object] | None = None,
+        approver: Approver | None = None,
     ) -> RunResult:
         reporter = progress or ProgressReporter(None)
         started = time.monotonic()
@@ -187,6 +194,9 @@ class DynamicAutonomousAgent:
                 run_id=run_id.get(),
                 output_schema=output_schema,
             )
+            policy = ApprovalPolicy.from_settings(self.settings)
+            if policy.active:
+                run.approvals = []
             budget = ContextBudget.for_model(
                 resolved,
                 configured=self.settings.model_context_tokens,
@@ -213,7 +223,9 @@ class DynamicAutonomousAgent:
                 llm=self.llm,
                 capabilities=self.capabilities,
                 executor=ToolExecutor(
-                    leases, hook_set, output_max_chars=self.settings.tool_output_max_chars, offer=offer
+                    leases, hook_set, output_max_chars=self.settings.tool_output_max_chars, offer=offer,
+                    approvals=ApprovalGate(policy, approver, timeout_s=self.settings.mcp_approval_timeout_s)
+                    if policy.active else None,
                 ),
                 hooks=hook_set,
                 limits=RunLimits(

@@ -54,6 +54,9 @@ class RunContext:
     output_schema: dict[str, object] | None = None
     """The JSON Schema the final answer must match (`tools.agent.typed_answer`), if the call gave one."""
     typed_result: object = None
+    approvals: list[dict[str, object]] | None = None
+    """Calls that needed the user's approval and what came of each (`tools.agent.approval`); None: the
+    approval policy is off."""
 
     @property
     def elapsed_s(self) -> float:
@@ -90,6 +93,7 @@ class RunContext:
             context=dict(self.context),
             typed=self.output_schema is not None,
             result=self.typed_result,
+            approvals=None if self.approvals is None else list(self.approvals),
         )
 
 
