@@ -52,7 +52,8 @@ def test_with_writes_approved_every_tool_without_read_only_hint_needs_approval_a
     named = ApprovalPolicy.from_settings(load_config({"MCP_APPROVE_TOOLS": '{"*": ["read_*"]}'}))
     assert named.active and named.needs_approval(READ) and not named.needs_approval(WRITE)
     per_server = ApprovalPolicy(patterns={"memory": ["*"]})
-    assert not per_server.needs_approval(WRITE) and per_server.needs_approval(tool("x", read_only=True, server="memory"))
+    assert not per_server.needs_approval(WRITE)
+    assert per_server.needs_approval(tool("x", read_only=True, server="memory"))
     assert not ApprovalPolicy.from_settings(load_config({})).active
 
 

@@ -51,12 +51,12 @@ def last_user_text(request: RecordedRequest) -> str:
 
 
 async def test_chat_completion_returns_the_typed_result_beside_the_text_with_reasoning_kept_out() -> None:
-    with FakeLMStudio(answers('<think>Dune? 1965.</think>{"title": "Dune", "year": 1965}', reasoning="I recall")) as fake:
+    script = answers('<think>Dune? 1965.</think>{"title": "Dune", "year": 1965}', reasoning="I recall")
+    with FakeLMStudio(script) as fake:
         with anyio.fail_after(60):
             async with bridge(fake) as client:
-                result = await client.call_tool(
-                    "chat_completion", {"prompt": "Name a novel.", "system_prompt": "Be brief.", "output_schema": SCHEMA}
-                )
+                arguments = {"prompt": "Name a novel.", "system_prompt": "Be brief.", "output_schema": SCHEMA}
+                result = await client.call_tool("chat_completion", arguments)
     assert not result.is_error, text_of(result)
     data = result.structured_content
     assert data["result"] == DUNE
@@ -168,9 +168,8 @@ async def test_an_autonomous_run_ends_with_its_final_answer_typed_on_both_api_pa
     with FakeLMStudio(script, responses_api=api == "responses") as fake:
         with anyio.fail_after(60):
             async with bridge(fake, mcp_json) as client:
-                result = await client.call_tool(
-                    "autonomous_with_mcp", {"mcp_name": "time", "task": "A novel and its year?", "output_schema": SCHEMA}
-                )
+                arguments = {"mcp_name": "time", "task": "A novel and its year?", "output_schema": SCHEMA}
+                result = await client.call_tool("autonomous_with_mcp", arguments)
     assert not result.is_error, text_of(result)
     data = result.structured_content
     assert (data["stop_reason"], data["api"], data["result"]) == ("completed", api, DUNE)
