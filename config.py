@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+MismatchPolicy = Literal["error", "note"]
 ApiMode = Literal["auto", "responses", "chat"]
 
 
@@ -118,6 +119,15 @@ class Settings(BaseSettings):
         le=7 * 86400,
         description="Idle seconds before LM Studio unloads a model it loaded just-in-time; 0 sends no ttl.",
     )
+    lmstudio_auto_load: bool = Field(
+        True,
+        description="Load a named model that is not loaded (LM Studio 0.4's load API) rather than let LM Studio "
+        "answer with another; off: such a call is refused.",
+    )
+    model_mismatch: MismatchPolicy = Field(
+        "error",
+        description="When LM Studio reports that another model answered than the one a call named: error or note.",
+    )
 
     # --- MCP servers the local model may use ------------------------------------------------
     mcp_json_path: Path | None = Field(
@@ -143,6 +153,19 @@ class Settings(BaseSettings):
     mcp_read_only_tools: bool = Field(
         False, description="Offer the local model only tools that declare readOnlyHint."
     )
+    mcp_approve_writes: bool = Field(
+        False,
+        description="Ask the user (MCP elicitation) before the local model runs a tool that does not declare "
+        "readOnlyHint.",
+    )
+    mcp_approve_tools: Annotated[dict[str, list[str]], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON: per server, glob patterns of tools that always need the user\'s approval, e.g. '
+        '{"*": ["delete_*"]}.',
+    )
+    mcp_approval_timeout_s: float = Field(
+        300.0, gt=0, le=3600, description="How long to wait for the user's answer to an approval request."
+    )
     mcp_idle_timeout_s: float = Field(
         600.0, ge=0, le=86400, description="Idle time after which a server's session is closed; 0 keeps it."
     )
@@ -150,6 +173,12 @@ class Settings(BaseSettings):
     # --- Autonomous runs --------------------------------------------------------------------
     autonomous_timeout_s: float = Field(
         900.0, gt=0, le=86400, description="Wall-clock bound on one autonomous task."
+    )
+    autonomous_max_background_runs: int = Field(
+        4, ge=1, le=64, description="Background runs (autonomous_start) that may run at once; more are refused."
+    )
+    autonomous_result_ttl_s: float = Field(
+        3600.0, ge=60, le=7 * 86400, description="How long a finished background run's result is kept."
     )
     autonomous_repeat_limit: int = Field(
         3, ge=2, le=100, description="Identical tool calls (same name and arguments) that count as a loop."
@@ -250,7 +279,9 @@ class Settings(BaseSettings):
             raise ValueError(f"every server needs a name of its own (got {names})")
         return value
 
-    @field_validator("model_aliases", "mcp_tool_allow", "mcp_tool_deny", "lmstudio_backends", mode="before")
+    @field_validator(
+        "model_aliases", "mcp_tool_allow", "mcp_tool_deny", "mcp_approve_tools", "lmstudio_backends", mode="before"
+    )
     @classmethod
     def _parse_json(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):

@@ -10,13 +10,17 @@ Two questions decide how an autonomous run talks to a server:
   counts: an empty stream that, asked again unstreamed, comes back *with tool calls*. An empty
   stream is also how LM Studio reports a full context; that is not evidence against streaming.
 
+- Which structured-output field does it take (`llm.structured`)? Learned per API from the first typed
+  answer: the first form it does not refuse with 400/422 (chat: `response_format` json_schema, then
+  json_object with a schema as llama-cpp-python takes it, then none: the schema only in the prompt).
+
 One `ServerCapabilities` per server lives in the app state; `doctor` and `bridge_stats` show it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 logger = logging.getLogger(__name__)
@@ -33,6 +37,8 @@ class ServerCapabilities:
     api_mode: ApiMode = "auto"
     responses_api: bool | None = None
     streams_tool_calls: bool | None = None
+    output_modes: dict[str, str] = field(default_factory=dict)
+    """API -> the structured-output form it takes (`llm.structured.OutputMode`), once learned."""
 
     def __post_init__(self) -> None:
         if self.api_mode != "auto":
@@ -92,5 +98,6 @@ class ServerCapabilities:
             "api_mode": self.api_mode,
             "responses_api": self.responses_api,
             "streams_tool_calls": self.streams_tool_calls,
+            "structured_output": dict(self.output_modes),
             "autonomous_runs_use": self._route(self.conversation_api),
         }

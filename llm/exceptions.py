@@ -8,15 +8,20 @@
     ├── CallTimeoutError          the whole call ran past LMSTUDIO_CALL_TIMEOUT_S   .timeout_s .in_line
     ├── LLMResponseError          the answer is unusable: bad JSON, wrong shape, cut stream
     │   ├── AnswerTooLargeError   the answer passed LMSTUDIO_MAX_ANSWER_MB          .limit_bytes
-    │   └── LLMStatusError        an HTTP error status          .status_code .body
-    │       ├── LLMRateLimitError         429                   .retry_after_s    retried
-    │       ├── LLMServerError            5xx                                     retried
-    │       ├── NoModelLoadedError        400/404 "no models loaded"
-    │       ├── EndpointNotSupportedError 404/405/501 on a route this server lacks (/v1/responses)
-    │       └── ContextLengthExceededError  prompt + output do not fit the context
+    │   ├── LLMStatusError        an HTTP error status          .status_code .body
+    │   │   ├── LLMRateLimitError         429                   .retry_after_s    retried
+    │   │   ├── LLMServerError            5xx                                     retried
+    │   │   ├── NoModelLoadedError        400/404 "no models loaded"
+    │   │   ├── EndpointNotSupportedError 404/405/501 on a route this server lacks (/v1/responses)
+    │   │   └── ContextLengthExceededError  prompt + output do not fit the context
+    │   ├── ModelMismatchError    another model answered than the one named   .asked .answered
+    │   └── StructuredOutputError the answer does not match output_schema, even repaired  .problem .raw
+    ├── ModelLoadError            LM Studio could not load the model named    .model_name
     └── LLMValidationError        the request names something that cannot be used
         ├── ModelNotFoundError    .model_name .available_models .suggestions
-        └── ModelTypeError        e.g. an embedding model asked to chat  .model_name .model_type
+        ├── ModelTypeError        e.g. an embedding model asked to chat  .model_name .model_type
+        ├── ModelNotLoadedError   not loaded, another is, and loading is off  .model_name .loaded
+        └── OutputSchemaError     output_schema is not a valid JSON Schema   .problem
 
 Every message says what failed and what to do; tools show `str(error)` to the user as is.
 Only the errors marked "retried" can succeed on a retry (`RETRYABLE_ERRORS`; the client's exact
@@ -225,6 +230,73 @@ class AnswerTooLargeError(LLMResponseError):
             f"LM Studio's answer from {url} passed {limit_bytes / 1_000_000:g} MB (LMSTUDIO_MAX_ANSWER_MB) and was "
             "stopped there: the model may be repeating itself without end. Set a lower max_tokens, or raise "
             "LMSTUDIO_MAX_ANSWER_MB."
+        )
+
+
+class ModelNotLoadedError(LLMValidationError):
+    """The model named is not loaded while another is (LM Studio would answer with that one), and the
+    bridge may not load it (LMSTUDIO_AUTO_LOAD=0)."""
+
+    def __init__(self, model_name: str, loaded: Sequence[str]) -> None:
+        self.model_name = model_name
+        self.loaded = list(loaded)
+        super().__init__(
+            f"Model '{model_name}' is not loaded, and LM Studio would answer with the loaded model "
+            f"({', '.join(self.loaded)}) instead. The bridge loads models only with LMSTUDIO_AUTO_LOAD=1 "
+            f"(it is off): load it in LM Studio (`lms load {model_name}`), or set LMSTUDIO_AUTO_LOAD=1."
+        )
+
+
+class ModelLoadError(LLMError):
+    """LM Studio refused or failed to load the model the bridge asked it to load."""
+
+    def __init__(self, model_name: str, reason: str, original_exception: BaseException | None = None) -> None:
+        self.model_name = model_name
+        super().__init__(
+            f"LM Studio could not load model '{model_name}' ({reason.rstrip('.')}). It may not fit in memory: "
+            f"see LM Studio's server log, load it by hand (`lms load {model_name}`), or pick a loaded model "
+            "with list_models.",
+            original_exception,
+        )
+
+
+class ModelMismatchError(LLMResponseError):
+    """The server says another model answered than the one the call named (LM Studio's substitution)."""
+
+    def __init__(self, asked: str, answered: str) -> None:
+        self.asked = asked
+        self.answered = answered
+        super().__init__(
+            f"LM Studio answered with model '{answered}', not '{asked}' as asked: it uses the loaded model "
+            f"when the one named is not loaded and cannot be loaded. Load '{asked}' in LM Studio "
+            f"(`lms load {asked}`; on LM Studio 0.4+ the bridge loads it itself with LMSTUDIO_AUTO_LOAD=1), "
+            "or set MODEL_MISMATCH=note to accept such answers with a note."
+        )
+
+
+class StructuredOutputError(LLMResponseError):
+    """The model's answer does not match the output schema, even after one repair round."""
+
+    RAW_SHOWN = 2000
+
+    def __init__(self, problem: str, raw: str) -> None:
+        self.problem = problem
+        self.raw = raw
+        shown = raw if len(raw) <= self.RAW_SHOWN else raw[: self.RAW_SHOWN] + f"... ({len(raw)} characters)"
+        super().__init__(
+            f"The model's answer does not match output_schema, even after one repair round: {problem}. "
+            f"Its answer was: {shown!r}. Try a simpler schema, a clearer task, or a larger model."
+        )
+
+
+class OutputSchemaError(LLMValidationError):
+    """The `output_schema` a call gave is not a valid JSON Schema (nothing was sent to the model)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(
+            f"output_schema is not a valid JSON Schema: {problem}. Give a JSON Schema object, e.g. "
+            '{"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}.'
         )
 
 

@@ -16,6 +16,14 @@ _INSTANCE_SUFFIX = re.compile(r":\d+$")
 
 
 @dataclass(frozen=True)
+class LoadedInstance:
+    """One loaded copy of a model and the context it was loaded with (None when not reported)."""
+
+    id: str
+    context_length: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """One model as the server lists it; fields a poorer listing lacks stay None."""
 
@@ -28,6 +36,7 @@ class ModelInfo:
     parallel: int | None = None  # predictions the loaded instances run at once (LM Studio 0.4+)
     loaded_context_length: int | None = None  # the context it is loaded with: the real budget
     server: str | None = None  # the backend that lists it (set by the catalog)
+    instances: tuple[LoadedInstance, ...] = ()  # the loaded copies, each with its context (when reported)
 
     @property
     def is_embedding(self) -> bool:
@@ -74,6 +83,11 @@ def _parse_entry(entry: dict[str, object]) -> ModelInfo | None:
     capabilities = entry.get("capabilities")
     tool_use = capabilities.get("trained_for_tool_use") if isinstance(capabilities, dict) else None
     kind = entry.get("type")
+    loaded_context = loaded_context if _positive_int(loaded_context) else None
+    if isinstance(raw_instances, list):
+        shown = tuple(_instance(i) for i in listed if i)
+    else:  # 0.3's listing: one loaded copy at most, its context in `loaded_context_length`
+        shown = (LoadedInstance(str(model_id), loaded_context),) if state == "loaded" else ()
     return ModelInfo(
         id=str(model_id),
         type="embeddings" if kind == "embedding" else kind if isinstance(kind, str) else None,
@@ -82,8 +96,17 @@ def _parse_entry(entry: dict[str, object]) -> ModelInfo | None:
         loaded_instances=instances,
         trained_for_tool_use=tool_use if isinstance(tool_use, bool) else None,
         parallel=parallel or None,
-        loaded_context_length=loaded_context if _positive_int(loaded_context) else None,
+        loaded_context_length=loaded_context,
+        instances=shown,
     )
+
+
+def _instance(raw: object) -> LoadedInstance:
+    if not isinstance(raw, dict):
+        return LoadedInstance(str(raw))
+    config = raw.get("config")
+    context = config.get("context_length") if isinstance(config, dict) else None
+    return LoadedInstance(str(raw.get("id")), context if _positive_int(context) else None)
 
 
 def _positive_int(value: object) -> bool:

@@ -47,6 +47,7 @@ from llm.exceptions import (
     LLMError,
     LLMResponseError,
     LLMTimeoutError,
+    ModelLoadError,
     StaleConnectionError,
 )
 from llm.listing import ModelInfo, parse_models
@@ -55,9 +56,11 @@ from llm.results import (
     ChatResult,
     CompletionResult,
     EmbeddingsResult,
+    LoadResult,
     OnEvent,
     ResponseResult,
     embeddings_result_from_body,
+    load_result_from_body,
 )
 from llm.streaming import (
     ChatStreamAccumulator,
@@ -75,6 +78,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MODEL_ROUTES = ("/api/v1/models", "/api/v0/models", "/v1/models")
+_NATIVE_MODELS = "/api/v1/models"
 
 
 @dataclass(frozen=True)
@@ -206,6 +210,30 @@ class LLMClient:
         self._models_route = route
         return models
 
+    @property
+    def has_load_api(self) -> bool:
+        """Whether the server lists its models through LM Studio 0.4's native API, which also loads them."""
+        return self._models_route == _NATIVE_MODELS
+
+    async def load_model(self, model_id: str, *, context_length: int | None = None) -> LoadResult:
+        """POST /api/v1/models/load (LM Studio 0.4): load `model_id`, with `context_length` when given.
+
+        The route takes no `ttl`: a model loaded this way stays until it is unloaded or evicted.
+
+        Raises:
+            ModelLoadError: LM Studio answered, but did not load it (its reason in the message).
+            LLMConnectionError, LLMTimeoutError: the server cannot be reached.
+        """
+        body: dict[str, object] = {"model": model_id, "echo_load_config": True}
+        if context_length is not None:
+            body["context_length"] = context_length
+        try:
+            return await self._post_parsed(
+                _NATIVE_MODELS + "/load", body, model_id, lambda data: load_result_from_body(data, model_id)
+            )
+        except LLMResponseError as exc:
+            raise ModelLoadError(model_id, exc.message, exc) from exc
+
     # --- generation --------------------------------------------------------------------------
 
     async def chat_completion(
@@ -279,12 +307,14 @@ class LLMClient:
         instructions: str | None = None,
         temperature: float | None = None,
         max_output_tokens: int | None = None,
+        text_format: dict[str, Any] | None = None,
         stream: bool = False,
         on_event: OnEvent | None = None,
     ) -> ResponseResult:
         """POST /v1/responses (stateful: pass the last result's id as `previous_response_id`).
 
-        Tools are taken in the flat form this route uses (`FunctionSpec.for_responses()`).
+        Tools are taken in the flat form this route uses (`FunctionSpec.for_responses()`);
+        `text_format` is sent as `text.format` (structured output; LM Studio does not enforce it).
 
         Raises:
             EndpointNotSupportedError: the server has no /v1/responses.
@@ -297,6 +327,7 @@ class LLMClient:
             instructions=instructions,
             temperature=temperature,
             max_output_tokens=max_output_tokens,
+            text={"format": text_format} if text_format is not None else None,
         )
         path = "/v1/responses"
         async with bounded_call(model.queue, self.options.call_timeout_s, url=self.base_url + path, model=model.id):

@@ -19,6 +19,9 @@ Every tool, the agent, the client's queues and `doctor` ask `ModelCatalog`; noth
 - Queues: each (server, model) gets one semaphore, sized by the server's max_concurrency
   (LMSTUDIO_MAX_CONCURRENCY or its LMSTUDIO_BACKENDS entry), else the parallel slots it reports for
   the model, else `DEFAULT_CONCURRENCY`.
+- Loaded or not: a named model LM Studio would substitute is loaded first, or refused, and the model
+  a reply names is checked against the one asked for; both by `llm.model_guard.ModelGuard`, which the
+  catalog asks (`resolve`, `check_answer`).
 
 `resolve()` returns a `ResolvedModel`; the client's generation methods take only that, so a
 request can only ever go out for a model the catalog resolved, on the server it chose.
@@ -35,6 +38,7 @@ from typing import TYPE_CHECKING, Literal
 
 from llm.exceptions import LLMConnectionError, LLMError, ModelNotFoundError, ModelTypeError, NoModelLoadedError
 from llm.listing import ModelInfo, matches
+from llm.model_guard import ModelGuard
 
 if TYPE_CHECKING:
     from llm.backends import Backend
@@ -98,12 +102,14 @@ class ModelCatalog:
         ttl_s: float = 60.0,
         aliases: Mapping[str, str] | None = None,
         default_model: str | None = None,
+        guard: ModelGuard | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not backends:
             raise ValueError("a catalog needs at least one model server")
         self.backends = list(backends)
         self._by_name = {backend.name: backend for backend in self.backends}
+        self.guard = guard or ModelGuard()
         self._ttl_s = ttl_s
         self._aliases = dict(aliases or {})
         self.default_model = default_model
@@ -249,7 +255,19 @@ class ModelCatalog:
         info, model_id = self._ordered(found)[0]
         if info.type in _WRONG_TYPES[purpose]:
             raise ModelTypeError(model_id, str(info.type), purpose)
+        if await self.guard.prepare(info, [i for i in infos if i.server == info.server]):
+            # Loaded just now: its entry (loaded state, context) is new.
+            fresh = [m for m in matches(model_id, await self.models(refresh=True)) if m[0].server == info.server]
+            info, model_id = fresh[0] if fresh else (info, model_id)
         return self._resolved(info, model_id, source, pinned=bool(pinned))
+
+    def check_answer(self, model: ResolvedModel, answered: str | None) -> str | None:
+        """After a call: a note when another model answered than `model` (see `llm.model_guard`).
+
+        Raises:
+            ModelMismatchError: the call named the model, another answered, and MODEL_MISMATCH is `error`.
+        """
+        return self.guard.check_answer(model, answered)
 
     def _pinned(self, name: str) -> tuple[str, str | None]:
         """`model@server` -> (model, server) when `server` is one of the backends' names (model ids may hold `@`)."""

@@ -6,6 +6,7 @@
     CompletionResult  /v1/completions
     ResponseResult    /v1/responses
     EmbeddingsResult  /v1/embeddings
+    LoadResult        LM Studio 0.4's /api/v1/models/load
     StreamEvent       one piece of a streamed answer, handed to an `OnEvent` callback
 
 The stream parser (`llm.streaming`), the client (`llm.llm_client`) and the agent all import these
@@ -72,6 +73,15 @@ class EmbeddingsResult:
 
 
 @dataclass(frozen=True)
+class LoadResult:
+    """A model LM Studio loaded on request: the instance, how long it took, the context it got (if echoed)."""
+
+    instance_id: str
+    load_time_s: float | None
+    context_length: int | None
+
+
+@dataclass(frozen=True)
 class StreamEvent:
     """A piece of a streamed answer; `chars_so_far` counts every kind together (a progress measure).
 
@@ -120,3 +130,15 @@ def embeddings_result_from_body(body: dict[str, Any]) -> EmbeddingsResult:
     except (AttributeError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed embeddings item ({exc!r})") from exc
     return EmbeddingsResult(embeddings=vectors, model=body.get("model"), usage=parse_usage(body.get("usage")))
+
+
+def load_result_from_body(body: dict[str, object], model_id: str) -> LoadResult:
+    """A `LoadResult` from `/api/v1/models/load`'s answer (`load_config` only when echoed)."""
+    config = body.get("load_config")
+    context = config.get("context_length") if isinstance(config, dict) else None
+    seconds = body.get("load_time_seconds")
+    return LoadResult(
+        instance_id=str(body.get("instance_id") or model_id),
+        load_time_s=float(seconds) if isinstance(seconds, (int, float)) else None,
+        context_length=context if isinstance(context, int) else None,
+    )

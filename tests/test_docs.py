@@ -11,10 +11,12 @@
     * `expect=invalid`: the arguments break the schema on purpose, and the bridge must refuse them;
     * otherwise the call must succeed (an autonomous run must complete, its tool calls all ok), and a
       following ```json result=<tool name>``` block must have the same shape (keys) as the live result.
+    * `env=NAME=value` on the call block: that call runs on a bridge with that setting added.
   `json env=MODEL_ALIASES` in the guide is the alias map its examples use.
 
 The stand-in plays a model that calls one harmless tool (the time, or the allowed directories, or the
-memory graph) and then answers; the docs' own example results were captured from richer scripts.
+memory graph) and then answers; asked for JSON (a structured-output field in the request) it answers
+a value made from the schema. The docs' own example results were captured from richer scripts.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ DOC_MODELS: tuple[FakeModel, ...] = (
 )
 DOC_URL = "http://localhost:1234"
 DOC_CONFIG_PATH = "/home/you/.mcp.json"
+
+# The tools whose result is a run's: it must have completed, its tool calls all ok.
+RUN_RESULTS = {
+    "autonomous_with_mcp", "autonomous_with_multiple_mcps", "autonomous_discover_and_execute", "autonomous_result"
+}
 
 # Harmless calls the scripted model may make, by the server's own tool name.
 SAFE_CALLS: dict[str, dict[str, object]] = {
@@ -216,11 +223,36 @@ def live_tools() -> dict[str, dict[str, object]]:
     return anyio.run(fetch)
 
 
+def value_for(schema: dict[str, object]) -> object:
+    """A small value valid for a simple schema (the types the documented schemas use)."""
+    kind = schema.get("type")
+    if kind == "object":
+        properties: dict[str, dict[str, object]] = schema.get("properties", {})  # type: ignore[assignment]
+        return {name: value_for(sub) for name, sub in properties.items()}
+    if "enum" in schema:
+        return schema["enum"][0]  # type: ignore[index]
+    defaults: dict[object, object] = {"string": "text", "integer": 1, "number": 1.5, "boolean": True, "array": []}
+    return defaults.get(kind)
+
+
+def requested_schema(body: dict[str, object]) -> dict[str, object] | None:
+    """The JSON Schema a request asks the answer to match, from its structured-output field."""
+    response_format = body.get("response_format")
+    if isinstance(response_format, dict):
+        return response_format.get("json_schema", {}).get("schema") or response_format.get("schema")
+    text = body.get("text")
+    if isinstance(text, dict) and isinstance(text.get("format"), dict):
+        return text["format"].get("schema")
+    return None
+
+
 def scripted_model(request: RecordedRequest) -> Turn:
     """A model that, offered tools, calls one harmless tool once and then answers."""
     body = request.body or {}
     if request.path == "/v1/completions":
         return Turn(text="    return n")
+    if (schema := requested_schema(body)) is not None:
+        return Turn(text=json.dumps(value_for(schema)))
     outputs = tool_outputs(request) if ("messages" in body or "input" in body) else []
     if outputs:
         return Turn(text=f"Done. The tool said: {outputs[-1][:60]}")
@@ -338,9 +370,8 @@ async def test_documented_examples_run_against_the_stand_in_and_real_servers(
     with FakeLMStudio(scripted_model, models=DOC_MODELS) as fake:
         # The documented world: models loaded with a 32K context (LM Studio reports it for the loaded one;
         # MODEL_CONTEXT_TOKENS says it for those loaded just in time).
-        settings = bridge_settings(
-            fake.url, mcp_json, MODEL_ALIASES=json.dumps(doc_aliases()), MODEL_CONTEXT_TOKENS="32768"
-        )
+        documented_env = {"MODEL_ALIASES": json.dumps(doc_aliases()), "MODEL_CONTEXT_TOKENS": "32768"}
+        settings = bridge_settings(fake.url, mcp_json, **documented_env)
 
         def shown(text: str) -> str:
             return text.replace(fake.url, DOC_URL).replace(str(mcp_json), DOC_CONFIG_PATH)
@@ -348,13 +379,23 @@ async def test_documented_examples_run_against_the_stand_in_and_real_servers(
         with anyio.fail_after(50):
             async with in_process_bridge(settings) as client:
                 last_response_id: str | None = None
+                last_run_id: str | None = None
                 for example in examples(doc):
                     arguments = dict(example.arguments)
                     if "previous_response_id" in arguments and example.expect == "ok":
                         # The docs show the id the previous call returned; use this run's.
                         assert last_response_id, f"{example.label}: no earlier create_response to continue"
                         arguments["previous_response_id"] = last_response_id
-                    result = await client.call_tool(example.tool, arguments)
+                    if "run_id" in arguments and example.expect == "ok":
+                        assert last_run_id, f"{example.label}: no earlier autonomous_start"
+                        arguments["run_id"] = last_run_id
+                    if "env" in example.call.attrs:
+                        name, value = example.call.attrs["env"].split("=", 1)
+                        with_env = bridge_settings(fake.url, mcp_json, **documented_env, **{name: value})
+                        async with in_process_bridge(with_env) as other:
+                            result = await other.call_tool(example.tool, arguments)
+                    else:
+                        result = await client.call_tool(example.tool, arguments)
                     text = shown(text_of(result))
                     data = result.structured_content
                     if example.expect == "invalid":
@@ -370,7 +411,9 @@ async def test_documented_examples_run_against_the_stand_in_and_real_servers(
                         continue
                     if example.tool == "create_response":
                         last_response_id = data["response_id"]
-                    if example.tool.startswith("autonomous_"):
+                    if example.tool == "autonomous_start":
+                        last_run_id = data["run_id"]
+                    if example.tool in RUN_RESULTS:
                         calls = data["tool_calls"]
                         if data["stop_reason"] != "completed" or not calls or not all(c["ok"] for c in calls):
                             problems.append(f"{example.label}: run did not complete cleanly: {data}")

@@ -777,7 +777,8 @@ async def test_progress_for_many_tool_calls_in_one_turn_is_throttled(
     calling = [m for m in messages if ": calling " in m]
     assert calling and calling[0].startswith("round 1: calling echo ("), messages  # the round's first call shows
     assert len(calling) < 15, f"{len(calling)} notifications for 100 tool calls: {messages}"
-    assert messages[0].startswith("started:") and messages[-1] == "finished: completed after 2 round(s)"
+    assert messages[0] == "connecting to MCP servers: toy" and messages[1].startswith("started:")
+    assert messages[-1] == "finished: completed after 2 round(s)"
 
 
 async def test_a_tool_error_result_goes_back_to_the_model_as_its_output(

@@ -25,7 +25,7 @@ from llm.exceptions import (
     NoModelLoadedError,
 )
 from llm.llm_client import ClientOptions, LLMClient
-from llm.listing import ModelInfo
+from llm.listing import LoadedInstance, ModelInfo
 from llm.models import ResolvedModel
 from llm.results import StreamEvent, ToolCall, Usage
 from utils.error_handling import CircuitBreaker
@@ -403,6 +403,7 @@ async def test_list_models_reads_lm_studio_0_4_listing(mock: respx.MockRouter) -
         state="loaded",
         max_context_length=32768,
         loaded_instances=("qwen/qwen3-4b", "qwen/qwen3-4b:2"),
+        instances=(LoadedInstance("qwen/qwen3-4b"), LoadedInstance("qwen/qwen3-4b:2")),
         trained_for_tool_use=True,
     )
 

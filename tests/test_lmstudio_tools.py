@@ -75,6 +75,8 @@ async def test_list_models_shows_type_state_and_context_length(bridge: Bridge) -
             "type": "llm",
             "state": "loaded",
             "max_context_length": 262144,
+            "loaded_context_length": None,
+            "loaded_instances": [{"id": "qwen/qwen3-coder-30b", "context_length": None}],
             "trained_for_tool_use": None,
         }
         assert rows["text-embedding-nomic-embed-text-v1.5"]["type"] == "embeddings"

@@ -18,7 +18,7 @@ from llm.exceptions import (
 )
 from llm.backends import Backend
 from llm.capabilities import ServerCapabilities
-from llm.listing import ModelInfo, parse_models
+from llm.listing import LoadedInstance, ModelInfo, parse_models
 from llm.models import DEFAULT_CONCURRENCY, ModelCatalog
 
 BASE_URL = "http://localhost:1234"
@@ -353,7 +353,7 @@ async def test_every_resolution_of_a_model_shares_one_queue(client: FakeServer, 
 # --- parsing the listings ----------------------------------------------------------------------
 
 
-def test_lm_studio_0_4_listing_gives_loaded_context_slots_and_tool_use() -> None:
+def test_lm_studio_0_4_listing_gives_loaded_context_per_instance_slots_and_tool_use() -> None:
     [model] = parse_models(
         {
             "models": [
@@ -379,6 +379,7 @@ def test_lm_studio_0_4_listing_gives_loaded_context_slots_and_tool_use() -> None
         trained_for_tool_use=True,
         parallel=6,
         loaded_context_length=4096,
+        instances=(LoadedInstance("qwen/qwen3-4b", 8192), LoadedInstance("qwen/qwen3-4b:2", 4096)),
     )
     assert model.context_length == 4096 and model.is_loaded
 
@@ -394,7 +395,8 @@ def test_lm_studio_0_3_listing_gives_state_and_loaded_context() -> None:
         }
     )
     assert (model.is_loaded, model.context_length, model.max_context_length) == (True, 4096, 32768)
-    assert embedder.is_embedding and not embedder.is_loaded
+    assert model.instances == (LoadedInstance("a/b", 4096),)
+    assert embedder.is_embedding and not embedder.is_loaded and embedder.instances == ()
 
 
 def test_an_openai_listing_gives_ids_only() -> None:

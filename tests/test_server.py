@@ -39,8 +39,9 @@ async def test_an_unknown_tool_is_an_error_like_any_other_and_lists_the_tools() 
         result = await client.call_tool("autonomous_with_mcps", {})
     assert result.is_error
     assert text_of(result).startswith(
-        "Error: Unknown tool: autonomous_with_mcps. This server's tools: autonomous_discover_and_execute, "
-        "autonomous_with_mcp, autonomous_with_multiple_mcps, bridge_stats,"
+        "Error: Unknown tool: autonomous_with_mcps. This server's tools: autonomous_cancel, "
+        "autonomous_discover_and_execute, autonomous_result, autonomous_start, autonomous_status, autonomous_with_mcp, "
+        "autonomous_with_multiple_mcps, bridge_stats,"
     )
 
 

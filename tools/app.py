@@ -7,7 +7,8 @@ then the HTTP client.
     Settings ─► Backend per model server (LLMClient: HTTP, retries, breaker; ServerCapabilities)
              ├► ModelCatalog (which model, on which server; queues)   ◄── every backend's listing
              ├► MCPDiscovery (.mcp.json) ─► MCPSessionPool (sessions, leases)
-             └► DynamicAutonomousAgent (uses all of the above), Metrics
+             ├► DynamicAutonomousAgent (uses all of the above), Metrics
+             └► BackgroundRuns (autonomous_start's runs; closed first: its runs use everything above)
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from mcp.server.mcpserver import Context
 
 from config import Settings
 from llm.backends import Backend, ResponseChains, open_backends
+from llm.model_guard import GuardPolicy, ModelGuard
 from llm.models import ModelCatalog
 from tools.agent import DynamicAutonomousAgent
+from tools.background import BackgroundRuns
 from tools.downstream.discovery import MCPDiscovery
 from tools.downstream.pool import MCPSessionPool
 from utils.logging import register_secret
@@ -45,6 +48,7 @@ class AppState:
     pool: MCPSessionPool
     agent: DynamicAutonomousAgent
     metrics: Metrics
+    runs: BackgroundRuns
     responses: ResponseChains = field(default_factory=ResponseChains)
 
 
@@ -67,6 +71,13 @@ async def bridge_state(settings: Settings, *, home: Path | None = None) -> Async
             ttl_s=settings.model_cache_ttl_s,
             aliases=settings.model_aliases,
             default_model=settings.default_model,
+            guard=ModelGuard(
+                GuardPolicy(settings.lmstudio_auto_load, settings.model_context_tokens, settings.model_mismatch),
+                load=lambda server, model_id, context: _backend(backends, server).client.load_model(
+                    model_id, context_length=context
+                ),
+                can_load=lambda server: _backend(backends, server).client.has_load_api,
+            ),
         )
         discovery = MCPDiscovery(
             settings.mcp_json_path, home=home, trust_project=settings.mcp_trust_project_config
@@ -81,6 +92,12 @@ async def bridge_state(settings: Settings, *, home: Path | None = None) -> Async
         agent = DynamicAutonomousAgent(
             settings=settings, catalog=catalog, discovery=discovery, pool=pool, metrics=metrics
         )
+        # Entered last, so it exits first: runs still going are cancelled while their sessions still work.
+        runs = await stack.enter_async_context(
+            BackgroundRuns(
+                max_running=settings.autonomous_max_background_runs, keep_s=settings.autonomous_result_ttl_s
+            )
+        )
         if len(backends) == 1:
             logger.info("bridge %s ready; LM Studio at %s", __version__, backends[0].base_url)
         else:
@@ -94,12 +111,18 @@ async def bridge_state(settings: Settings, *, home: Path | None = None) -> Async
             pool=pool,
             agent=agent,
             metrics=metrics,
+            runs=runs,
         )
         logger.info("bridge shutting down: closing MCP sessions and the LM Studio client")
     finally:
         # Shielded: a shutdown that began as a cancellation must still stop every child (each close is bounded).
         with anyio.CancelScope(shield=True):
             await stack.aclose()
+
+
+def _backend(backends: list[Backend], name: str | None) -> Backend:
+    """The backend called `name` (the first one when the name is not known: the one-server case)."""
+    return next((b for b in backends if b.name == name), backends[0])
 
 
 def app_state(ctx: Context) -> AppState:

@@ -15,9 +15,11 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from tools.agent import DEFAULT_MAX_ROUNDS, RunResult
+from tools.agent.approval import ElicitationApprover
 from tools.app import AppState, app_state
 from tools.progress import ProgressReporter
 from tools.results import failure, reports_errors, success
+from tools.typed_results import OutputSchema
 
 Task = Annotated[
     str,
@@ -65,10 +67,15 @@ _RUNS_TOOLS = ToolAnnotations(readOnlyHint=False, destructiveHint=True, openWorl
 
 
 async def _run(
-    ctx: Context, servers: list[str] | None, task: str, max_rounds: int, max_tokens: int | str, model: str | None
+    ctx: Context, servers: list[str] | None, task: str, max_rounds: int, max_tokens: int | str, model: str | None,
+    output_schema: dict[str, object] | None = None,
 ) -> CallToolResult:
-    run: RunResult = await app_state(ctx).agent.run(
-        servers, task, max_rounds=max_rounds, max_tokens=max_tokens, model=model, progress=ProgressReporter(ctx)
+    state = app_state(ctx)
+    # Approvals are asked in this call, when the client can be asked (tools.agent.approval).
+    approver = ElicitationApprover.from_context(ctx, timeout_s=state.settings.mcp_approval_timeout_s)
+    run: RunResult = await state.agent.run(
+        servers, task, max_rounds=max_rounds, max_tokens=max_tokens, model=model, progress=ProgressReporter(ctx),
+        output_schema=output_schema, approver=approver,
     )
     if run.stop_reason == "error":
         return failure(run.text, run.structured())
@@ -95,13 +102,14 @@ def register_autonomous_tools(mcp: MCPServer[AppState]) -> None:
         max_rounds: MaxRounds = DEFAULT_MAX_ROUNDS,
         max_tokens: MaxTokens = "auto",
         model: Model = None,
+        output_schema: OutputSchema = None,
     ) -> CallToolResult:
         """Execute a task autonomously with the local LLM using the tools of a SINGLE MCP server.
 
         The local model calls the server's tools as often as it needs and returns its final answer;
         progress is reported every round. Example: mcp_name='filesystem', task='Summarise docs/*.md'.
         """
-        return await _run(ctx, [mcp_name], task, max_rounds, max_tokens, model)
+        return await _run(ctx, [mcp_name], task, max_rounds, max_tokens, model, output_schema)
 
     @mcp.tool(annotations=_RUNS_TOOLS)
     @reports_errors
@@ -120,13 +128,14 @@ def register_autonomous_tools(mcp: MCPServer[AppState]) -> None:
         max_rounds: MaxRounds = DEFAULT_MAX_ROUNDS,
         max_tokens: MaxTokens = "auto",
         model: Model = None,
+        output_schema: OutputSchema = None,
     ) -> CallToolResult:
         """Execute a task autonomously with the local LLM using the tools of SEVERAL MCP servers at once.
 
         Example: mcp_names=['filesystem', 'memory'], task='Read notes.txt and store each person in memory'.
         A server that fails to start is reported and the others are still used.
         """
-        return await _run(ctx, mcp_names, task, max_rounds, max_tokens, model)
+        return await _run(ctx, mcp_names, task, max_rounds, max_tokens, model, output_schema)
 
     @mcp.tool(annotations=_RUNS_TOOLS)
     @reports_errors
@@ -136,10 +145,11 @@ def register_autonomous_tools(mcp: MCPServer[AppState]) -> None:
         max_rounds: MaxRounds = DEFAULT_MAX_ROUNDS,
         max_tokens: MaxTokens = "auto",
         model: Model = None,
+        output_schema: OutputSchema = None,
     ) -> CallToolResult:
         """Execute a task autonomously with the local LLM using EVERY enabled MCP server in the config file.
 
         Use when you do not know which server has the right tools. Example: task='What time is it in Tokyo,
         and save it to memory'.
         """
-        return await _run(ctx, None, task, max_rounds, max_tokens, model)
+        return await _run(ctx, None, task, max_rounds, max_tokens, model, output_schema)

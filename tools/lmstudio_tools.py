@@ -1,8 +1,10 @@
 """The direct LM Studio tools: health, models, chat and text completion, embeddings, responses.
 
 Every tool that runs a model takes an optional `model`, resolved by the model catalog
-(aliases resolved; an unknown name fails with the available list) before any generation
-starts. `model` left out means the default model (DEFAULT_MODEL, else the loaded one).
+(aliases resolved; an unknown name fails with the available list; a model LM Studio would
+substitute is loaded first) before any generation starts. `model` left out means the default
+model (DEFAULT_MODEL, else the loaded one). After the call the catalog checks the model the
+reply names (`check_answer`): another model than the one named is an error, or a `note`.
 """
 
 from __future__ import annotations
@@ -21,9 +23,13 @@ from llm.llm_client import LLMClient
 from llm.models import ResolvedModel
 from llm.reasoning import split_reasoning
 from llm.results import ChatResult, CompletionResult, EmbeddingsResult, StreamEvent, Usage
+from llm.structured import TypedAnswer
 from tools.app import AppState, app_state
 from tools.progress import ProgressReporter
 from tools.results import as_json, reports_errors, success
+from tools.typed_results import OutputSchema, checked_schema, typed_fields
+from tools.typed_results import chat as typed_or_plain_chat
+from tools.typed_results import respond as typed_or_plain_response
 
 ModelParam = Annotated[
     str | None,
@@ -57,6 +63,8 @@ def _model_row(info: ModelInfo) -> dict[str, object]:
         "type": info.type,
         "state": info.state,
         "max_context_length": info.max_context_length,
+        "loaded_context_length": info.loaded_context_length,
+        "loaded_instances": _instances(info),
         "trained_for_tool_use": info.trained_for_tool_use,
     }
 
@@ -67,6 +75,23 @@ def _server_rows(state: AppState) -> list[dict[str, object]]:
          "error": h.error}
         for h in state.catalog.health()
     ]
+
+
+def _instances(info: ModelInfo) -> list[dict[str, object]]:
+    return [{"id": i.id, "context_length": i.context_length} for i in info.instances]
+
+
+def _checked(state: AppState, resolved: ResolvedModel, answered: str | None, text: str,
+             data: dict[str, object]) -> CallToolResult:
+    """The result, after the catalog checked who answered: a `note` (and a line of text) when another model did.
+
+    Raises:
+        ModelMismatchError: the call named the model, and MODEL_MISMATCH is `error`.
+    """
+    note = state.catalog.check_answer(resolved, answered)
+    if note is not None:
+        text, data = f"{text}\n\n[Note: {note}]", {**data, "note": note}
+    return success(text, data)
 
 
 def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
@@ -82,16 +107,19 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
         loaded = [m.id for m in models if m.is_loaded]
         servers = _server_rows(state)
+        instances = [row for m in models for row in _instances(m)]
+        shown = [f"{i['id']} (context {i['context_length']})" if i["context_length"] else str(i["id"]) for i in instances]
         if len(servers) == 1:
             text = f"LM Studio is reachable at {state.catalog.base_url} ({latency_ms} ms): {len(models)} models"
         else:
             up = [s for s in servers if s["ok"]]
             text = f"{len(up)} of {len(servers)} model servers reachable ({latency_ms} ms): {len(models)} models"
+        text += f", loaded: {', '.join(shown or loaded)}" if loaded else " (loaded state not reported or none loaded)"
+        if len(servers) > 1:
             text += "".join(
                 f"; {s['name']} ({s['base_url']}): " + (f"{s['models']} models" if s["ok"] else f"DOWN: {s['error']}")
                 for s in servers
             )
-        text += f", loaded: {', '.join(loaded)}" if loaded else " (loaded state not reported or none loaded)"
         return success(
             text,
             {
@@ -100,6 +128,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
                 "latency_ms": latency_ms,
                 "models": len(models),
                 "loaded": loaded,
+                "loaded_instances": instances,
                 "servers": servers,
             },
         )
@@ -140,26 +169,34 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         temperature: Temperature = 0.7,
         max_tokens: MaxTokens = 1024,
         model: ModelParam = None,
+        output_schema: OutputSchema = None,
     ) -> CallToolResult:
-        """Ask a local model one question and get its answer (reasoning kept out of the answer)."""
+        """Ask a local model one question and get its answer (reasoning kept out of the answer).
+
+        With `output_schema` the answer is JSON matching it, also returned parsed as `result`.
+        """
         state = app_state(ctx)
+        schema = checked_schema(output_schema)
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": prompt})
         progress = ProgressReporter(ctx)
 
-        async def ask(resolved: ResolvedModel) -> tuple[ResolvedModel, ChatResult]:
+        async def ask(resolved: ResolvedModel) -> tuple[ResolvedModel, ChatResult, TypedAnswer | None]:
             async def on_event(event: StreamEvent) -> None:
                 await progress.report(f"{resolved.id}: generating ({event.chars_so_far} chars)")
 
-            return resolved, await _client(resolved).chat_completion(
-                messages, model=resolved, temperature=temperature, max_tokens=max_tokens, stream=True,
+            return resolved, *await typed_or_plain_chat(
+                messages, model=resolved, schema=schema, temperature=temperature, max_tokens=max_tokens,
                 on_event=on_event,
             )
 
-        resolved, result = await with_failover(state.catalog, model, ask)
+        resolved, result, typed = await with_failover(state.catalog, model, ask)
         answer, inline_reasoning = split_reasoning(result.content)
         reasoning = _joined(result.reasoning, inline_reasoning)
-        return success(
+        return _checked(
+            state,
+            resolved,
+            result.model,
             answer,
             {
                 "answer": answer,
@@ -167,6 +204,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
                 "finish_reason": result.finish_reason,
                 "reasoning": reasoning,
                 "usage": _usage(result.usage),
+                **typed_fields(typed),
             },
         )
 
@@ -191,7 +229,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
             )
 
         resolved, result = await with_failover(state.catalog, model, complete)
-        return success(
+        return _checked(
+            state,
+            resolved,
+            result.model,
             result.text,
             {
                 "text": result.text,
@@ -227,7 +268,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         resolved, result = await with_failover(state.catalog, model, embed, purpose="embeddings")
         dims = len(result.embeddings[0]) if result.embeddings else 0
         used = result.model or resolved.id
-        return success(
+        return _checked(
+            state,
+            resolved,
+            result.model,
             f"{len(result.embeddings)} embedding(s) of {dims} dimensions from {used}",
             {"model": used, "dimensions": dims, "embeddings": result.embeddings},
         )
@@ -247,15 +291,22 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
             int | None, Field(description="Optional cap on output tokens.", ge=1, strict=True)
         ] = None,
         model: ModelParam = None,
+        output_schema: OutputSchema = None,
     ) -> CallToolResult:
-        """Stateful conversation through LM Studio's /v1/responses: pass the returned response_id to continue."""
+        """Stateful conversation through LM Studio's /v1/responses: pass the returned response_id to continue.
+
+        With `output_schema` the answer is JSON matching it (validated here: LM Studio does not enforce
+        it on this route), also returned parsed as `result`.
+        """
         state = app_state(ctx)
+        schema = checked_schema(output_schema)
         # A response chain lives on the server that stored it: a continuation goes back there.
         name = state.responses.pinned_name(previous_response_id, model) if len(state.backends) > 1 else model
         resolved = await state.catalog.resolve(name)
-        result = await _client(resolved).create_response(
+        result, typed = await typed_or_plain_response(
             input,
             model=resolved,
+            schema=schema,
             previous_response_id=previous_response_id,
             instructions=instructions,
             temperature=temperature,
@@ -264,7 +315,10 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
         state.responses.remember(result.id, resolved)
         answer, inline_reasoning = split_reasoning(result.text)
         reasoning = _joined(result.reasoning, inline_reasoning)
-        return success(
+        return _checked(
+            state,
+            resolved,
+            result.model,
             f"{answer}\n\n(response_id: {result.id})",
             {
                 "text": answer,
@@ -272,6 +326,7 @@ def register_lmstudio_tools(mcp: MCPServer[AppState]) -> None:
                 "model": result.model or resolved.id,
                 "reasoning": reasoning,
                 "usage": _usage(result.usage),
+                **typed_fields(typed),
             },
         )
 

@@ -35,9 +35,12 @@ class ProgressReporter:
         self._last_sent = float("-inf")
         self._step = 0.0
         self.sent = 0
+        self.last_message: str | None = None
+        """The newest message, sent or not (a background run's status shows it)."""
 
     async def report(self, message: str, *, force: bool = False) -> None:
         """Report `message` as the next step (throttled unless `force`)."""
+        self.last_message = message
         if self._ctx is None:
             return
         now = self._clock()

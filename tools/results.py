@@ -27,6 +27,7 @@ from mcp.types import CallToolResult, ContentBlock, TextContent
 from config import ConfigError
 from llm.exceptions import LLMError
 from tools.agent.agent import RunRequestError
+from tools.background import BackgroundRunError
 from tools.downstream.errors import MCPBridgeError
 from utils.logging import redact, redact_data
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (LLMError, MCPBridgeError, ConfigError, RunRequestError)
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (LLMError, MCPBridgeError, ConfigError, RunRequestError, BackgroundRunError)
 
 
 def _scrubbed(data: Mapping[str, object] | None) -> dict[str, object] | None:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from config import Settings
 from tools.app import AppState, bridge_state
 from tools.autonomous_tools import register_autonomous_tools
+from tools.background_tools import register_background_tools
 from tools.bridge_tools import register_bridge_tools
 from tools.lmstudio_tools import register_lmstudio_tools
 from tools.results import bounded
@@ -33,6 +34,8 @@ Tools to hand work to local models served by LM Studio.
 - autonomous_with_mcp / autonomous_with_multiple_mcps / autonomous_discover_and_execute: the local model
   works a task out on its own with the tools of the user's other MCP servers (list them with
   list_available_mcps) and returns its answer.
+- autonomous_start / autonomous_status / autonomous_result / autonomous_cancel: the same as a background
+  run, for tasks that take longer than a client waits for one call (about 60 s in Claude Desktop).
 Every model-running tool takes an optional `model` (see list_models); leave it out for the default."""
 
 
@@ -108,6 +111,7 @@ def create_server(settings: Settings, *, home: Path | None = None) -> MCPServer[
     mcp.result_max_chars = settings.result_max_chars
     register_lmstudio_tools(mcp)
     register_autonomous_tools(mcp)
+    register_background_tools(mcp)
     register_bridge_tools(mcp)
     return mcp
 

@@ -33,6 +33,11 @@ for ``previous_response_id``) exceed it gets LM Studio's overflow error, a 400 w
 or with ``context_overflow="empty_stream"`` LM Studio's bug: a 200 empty event stream when the request
 was streamed. ``refuses_tools`` answers 400 to any request that carries a non-empty ``tools`` field, like a
 server whose template cannot take tools.
+
+What changes while it runs (``tests.support.fake_model_state``): models loaded through 0.4's
+``POST /api/v1/models/load`` (``fake.state.loads`` records each), substitution of the loaded model for one
+that is not (``substitutes=True``), and which structured-output fields are taken (``response_format``,
+``text_format``).
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.support.fake_model_state import ModelState, ResponseFormat
 from tests.support.lmstudio_limits import TOOLS_REFUSED_MESSAGE, estimate_tokens, overflow_message
 
 __all__ = [
@@ -172,8 +178,19 @@ class FakeLMStudio:
         reject_tools: Iterable[str] = (),
         lmstudio_version: Literal["0.3", "0.4"] = "0.3",
         context_overflow: Literal["error", "empty_stream"] = "error",
+        substitutes: bool = False,
+        response_format: ResponseFormat = "json_schema",
+        text_format: bool = True,
+        fails_to_load: Iterable[str] = (),
     ) -> None:
         self.models: tuple[FakeModel, ...] = tuple(models)
+        self.state = ModelState(
+            self.models,
+            substitutes=substitutes,
+            response_format=response_format,
+            text_format=text_format,
+            fails_to_load=frozenset(fails_to_load),
+        )
         self.lmstudio_version = lmstudio_version
         # How a request too big for a model's loaded context is answered (see the module docstring).
         self.context_overflow = context_overflow
@@ -329,6 +346,7 @@ class FakeLMStudio:
         ]
         if self.lmstudio_version == "0.4":
             routes.append(Route("/api/v1/models", self._native_models, methods=["GET"]))
+            routes.append(Route("/api/v1/models/load", self._load_model, methods=["POST"]))
         app = Starlette(routes=routes)
         app.add_middleware(_RecordAndAuth, fake=self)
         return app
@@ -363,11 +381,12 @@ class FakeLMStudio:
                 "object": "model",
                 "type": m.type,
                 "publisher": _publisher(m.id),
-                "state": "loaded" if m.loaded else "not-loaded",
+                "state": "loaded" if self.state.is_loaded(m) else "not-loaded",
                 "max_context_length": m.max_context_length,
             }
-            if m.loaded and m.loaded_context_length is not None:
-                entry["loaded_context_length"] = m.loaded_context_length
+            loaded_context = self.state.loaded_context_length(m)
+            if loaded_context is not None:
+                entry["loaded_context_length"] = loaded_context
             data.append(entry)
         return JSONResponse({"object": "list", "data": data})
 
@@ -384,8 +403,9 @@ class FakeLMStudio:
                 "format": "gguf",
                 "loaded_instances": [],
             }
-            if m.loaded:
-                config: dict[str, object] = {"context_length": m.loaded_context_length or m.max_context_length}
+            if self.state.is_loaded(m):
+                loaded_context = self.state.loaded_context_length(m)
+                config: dict[str, object] = {"context_length": loaded_context or m.max_context_length}
                 if m.type != "embeddings":
                     config["parallel"] = m.parallel
                 entry["loaded_instances"] = [{"id": m.id, "config": config}]
@@ -396,6 +416,11 @@ class FakeLMStudio:
                 }
             listed.append(entry)
         return JSONResponse({"models": listed})
+
+    async def _load_model(self, request: Request) -> Response:
+        """LM Studio 0.4's ``POST /api/v1/models/load`` (see ``fake_model_state``)."""
+        status, payload = self.state.load(_recorded(request).body or {})
+        return JSONResponse(payload, status_code=status)
 
     async def _embeddings(self, request: Request) -> Response:
         body = _recorded(request).body or {}
@@ -613,6 +638,8 @@ class FakeLMStudio:
         model, refusal = self._check_model(body)
         if refusal is None:
             refusal = self._check_tools(body)
+        if refusal is None and (message := self.state.output_format_refusal(request.url.path, body)):
+            refusal = _error_response(400, message)
         if refusal is None:
             refusal = check()
         if refusal is None:
@@ -674,7 +701,9 @@ class FakeLMStudio:
             return _error_response(
                 400, {"error": {"code": 400, "message": TOOLS_REFUSED_MESSAGE, "type": "invalid_request_error"}}
             )
-        if model.loaded_context_length is None:
+        # A model not loaded yet is held to the context it will be loaded with (just-in-time loading).
+        loaded_context = self.state.loaded_context_length(model) or model.loaded_context_length
+        if loaded_context is None:
             return None
         history: list[dict[str, object]] = []
         previous_id = body.get("previous_response_id") if path == "/v1/responses" else None
@@ -682,11 +711,11 @@ class FakeLMStudio:
             with self._lock:
                 history = list(self._conversations.get(str(previous_id), []))
         tokens = estimate_tokens(body, history)
-        if tokens <= model.loaded_context_length:
+        if tokens <= loaded_context:
             return None
         if self.context_overflow == "empty_stream" and body.get("stream"):
             return Response(b"", media_type="text/event-stream")
-        return _error_response(400, overflow_message(tokens, model.loaded_context_length))
+        return _error_response(400, overflow_message(tokens, loaded_context))
 
     def _check_previous(self, previous_id: object) -> Response | None:
         """LM Studio's answer to a ``previous_response_id`` it has not stored."""
@@ -717,10 +746,10 @@ class FakeLMStudio:
     def _check_model(self, body: dict[str, object]) -> tuple[str, Response | None]:
         requested = body.get("model")
         if requested is None:
-            loaded = [m.id for m in self.models if m.loaded and m.type != "embeddings"]
+            loaded = [m.id for m in self.models if self.state.is_loaded(m) and m.type != "embeddings"]
             return (loaded[0] if loaded else ""), None
         if any(m.id == requested for m in self.models):
-            return str(requested), None
+            return self.state.answering_model(str(requested)), None
         refusal = _error_response(
             404,
             {

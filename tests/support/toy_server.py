@@ -8,6 +8,7 @@ this process's memory only, like a browser's or a shell's state), stderr_burst (
 
 Misbehaving on shutdown, for the shutdown tests: with TOY_IGNORE_EOF=1 it stays alive after its
 stdin closes (as some servers do), with TOY_IGNORE_TERM=1 it ignores SIGTERM too.
+With TOY_START_DELAY_S set it waits that long before it answers at all (a server slow to start).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def stderr_burst(mb: float) -> str:
 if __name__ == "__main__":
     if os.environ.get("TOY_IGNORE_TERM") == "1":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(float(os.environ.get("TOY_START_DELAY_S", "0")))
     server.run()
     if os.environ.get("TOY_IGNORE_EOF") == "1":
         while True:

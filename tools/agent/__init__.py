@@ -4,7 +4,9 @@
     runner.py          the loop only: ask the model, run the calls, decide to go on
     events.py          the run's state and the typed events the runner emits; RunHooks
     hooks.py           progress, metrics, tracing and logging, as hooks
-    tool_execution.py  one tool call: look-up, arguments, call, rendering, truncation
+    tool_execution.py  one tool call: look-up, arguments, approval, call, rendering, truncation
+    approval.py        which calls need the user's approval, and asking through elicitation
+    typed_answer.py    the last step with an output_schema: the final answer, typed
     loop_guard.py      repeated-call detection
     schema_probe.py    finding the tool schemas a model server refuses
     result.py          RunResult and its parts

@@ -27,14 +27,17 @@ from mcp.types import Tool
 from config import Settings
 from llm.exceptions import LLMError
 from llm.models import ModelCatalog
+from llm.structured import check_schema
+from tools.agent.approval import ApprovalGate, ApprovalPolicy, Approver
 from tools.agent.budget import ContextBudget
 from tools.agent.context import ContextKeeper
 from tools.agent.events import HookSet, RunContext, RunHooks
-from tools.agent.hooks import LoggingHook, MetricsHook, ProgressHook, TracingHook
+from tools.agent.hooks import HEARTBEAT_S, LoggingHook, MetricsHook, ProgressHook, TracingHook
 from tools.agent.result import RunResult
 from tools.agent.runner import RunLimits, Runner
 from tools.agent.tool_execution import ToolExecutor
 from tools.agent.tool_selection import SEARCH_TOOL, ToolOffer
+from tools.agent.typed_answer import TypedAnswerStep
 from tools.downstream.discovery import MCPDiscovery
 from tools.downstream.entries import ServerEntry
 from tools.downstream.errors import MCPBridgeError, MCPConfigError
@@ -90,6 +93,8 @@ class DynamicAutonomousAgent:
         self.discovery = discovery
         self.pool = pool
         self.metrics = metrics or Metrics()
+        self.heartbeat_s = HEARTBEAT_S
+        """How often a silent step (a model loading, servers starting, a model or tool working) is reported."""
 
     @property
     def model_validator(self) -> ModelCatalog:
@@ -140,18 +145,29 @@ class DynamicAutonomousAgent:
         model: str | None = None,
         progress: ProgressReporter | None = None,
         hooks: Sequence[RunHooks] = (),
+        output_schema: dict[str, object] | None = None,
+        approver: Approver | None = None,
     ) -> RunResult:
         """One autonomous run over `servers` (None: every enabled server).
 
+        `output_schema`: the final answer is also asked for as JSON matching it (`RunResult.result`).
+        `approver`: how to ask the user about calls that need approval (None: they cannot be asked, and
+        such calls are not run; see `tools.agent.approval`).
+
         Raises:
+            OutputSchemaError: `output_schema` is not a JSON Schema (checked before anything else).
             RunRequestError: an empty task or no server names (nothing else is consulted).
             MCPServerNotFoundError, MCPConfigError: a server name is unknown or disabled (LM Studio not asked).
             ModelNotFoundError, LLMConnectionError, ...: the model cannot be used (before any server starts).
             MCPServerStartError: the servers cannot be started.
         """
+        if output_schema is not None:
+            check_schema(output_schema)
         token = run_id.set(new_run_id())
         try:
-            return await self._run(servers, task, max_rounds, max_tokens, model, progress, hooks)
+            return await self._run(
+                servers, task, max_rounds, max_tokens, model, progress, hooks, output_schema, approver
+            )
         finally:
             run_id.reset(token)
 
@@ -164,24 +180,41 @@ class DynamicAutonomousAgent:
         model: str | None,
         progress: ProgressReporter | None,
         hooks: Sequence[RunHooks],
+        output_schema: dict[str, object] | None = None,
+        approver: Approver | None = None,
     ) -> RunResult:
         check_request(servers, task)
+        reporter = progress or ProgressReporter(None)
         # AUTONOMOUS_TIMEOUT_S bounds the whole call: resolving the model and starting servers count too.
         started = time.monotonic()
         budget_s = self.settings.autonomous_timeout_s
         leases: dict[str, SessionLease] = {}
         phase, model_id = "reading the MCP config", model or "(default)"
+
+        def waited() -> str:
+            return f"{time.monotonic() - started:.0f} s"
+
         try:
             with anyio.move_on_after(budget_s) as preparing:
                 # Local checks before remote ones: a typo in a server name is named as such even when
                 # LM Studio is down.
                 entries, notes = await self._entries(servers)
                 phase = "resolving the model"
-                resolved = await self.catalog.resolve(model)
+                # Resolving can mean loading the model (minutes for a big one), starting servers seconds
+                # each: both report a heartbeat, so Claude Code's timer restarts and Claude sees why it waits.
+                async with reporter.heartbeat(
+                    lambda: f"waiting for LM Studio: model {model or '(default)'} ({waited()})", every_s=self.heartbeat_s
+                ):
+                    resolved = await self.catalog.resolve(model)
                 model_id = resolved.id
                 leases = {entry.name: self.pool.lease(entry) for entry in entries}
                 phase = "starting MCP servers"
-                tools_by_server, start_notes = await self._tools(leases)
+                names = ", ".join(leases)
+                await reporter.report(f"connecting to MCP servers: {names}", force=True)
+                async with reporter.heartbeat(
+                    lambda: f"starting MCP servers: {names} ({waited()})", every_s=self.heartbeat_s
+                ):
+                    tools_by_server, start_notes = await self._tools(leases)
             if preparing.cancelled_caught:
                 return self._out_of_time(started, phase, model_id, leases)
             tools_by_server, policy_notes = apply_tool_policy(tools_by_server, self.settings)
@@ -194,7 +227,11 @@ class DynamicAutonomousAgent:
                 notes=[*notes, *start_notes, *policy_notes, *schema_notes],
                 run_id=run_id.get(),
                 started=started,
+                output_schema=output_schema,
             )
+            policy = ApprovalPolicy.from_settings(self.settings)
+            if policy.active:
+                run.approvals = []
             budget = ContextBudget.for_model(
                 resolved,
                 configured=self.settings.model_context_tokens,
@@ -213,7 +250,7 @@ class DynamicAutonomousAgent:
                     LoggingHook(),
                     MetricsHook(self.metrics),
                     TracingHook(),
-                    ProgressHook(progress or ProgressReporter(None)),
+                    ProgressHook(reporter, heartbeat_s=self.heartbeat_s),
                     *hooks,
                 ]
             )
@@ -224,7 +261,9 @@ class DynamicAutonomousAgent:
                 llm=backend.client,
                 capabilities=backend.capabilities,
                 executor=ToolExecutor(
-                    leases, hook_set, output_max_chars=self.settings.tool_output_max_chars, offer=offer
+                    leases, hook_set, output_max_chars=self.settings.tool_output_max_chars, offer=offer,
+                    approvals=ApprovalGate(policy, approver, timeout_s=self.settings.mcp_approval_timeout_s)
+                    if policy.active else None,
                 ),
                 hooks=hook_set,
                 limits=RunLimits(
@@ -234,6 +273,11 @@ class DynamicAutonomousAgent:
                 ),
                 offer=offer,
                 context=ContextKeeper(run, budget),
+                check_answer=self.catalog.check_answer,
+                typed=None if output_schema is None else TypedAnswerStep(
+                    backend.client, backend.capabilities, output_schema, max_tokens=budget.output_tokens,
+                    check_answer=self.catalog.check_answer,
+                ),
             )
             return await runner.run(run)
         finally:

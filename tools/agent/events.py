@@ -51,6 +51,12 @@ class RunContext:
     """What the bridge did for the model: calls read from text, arguments repaired, outputs cut, ..."""
     tools_offered: list[str] = field(default_factory=list)
     context: dict[str, object] = field(default_factory=dict)
+    output_schema: dict[str, object] | None = None
+    """The JSON Schema the final answer must match (`tools.agent.typed_answer`), if the call gave one."""
+    typed_result: object = None
+    approvals: list[dict[str, object]] | None = None
+    """Calls that needed the user's approval and what came of each (`tools.agent.approval`); None: the
+    approval policy is off."""
 
     @property
     def elapsed_s(self) -> float:
@@ -80,24 +86,15 @@ class RunContext:
             api=self.api or "chat",
             servers=list(self.servers),
             usage=dict(self.usage),
-            notes=[*self.notes, *_model_mismatch(self.model.id, self.reported_models)],
+            notes=list(self.notes),
             error=error,
             assists={key: count for key, count in sorted(self.assists.items()) if count},
             tools_offered=list(self.tools_offered),
             context=dict(self.context),
+            typed=self.output_schema is not None,
+            result=self.typed_result,
+            approvals=None if self.approvals is None else list(self.approvals),
         )
-
-
-def _model_mismatch(asked: str, reported: set[str]) -> list[str]:
-    """A note when the server says another model answered (LM Studio ignores the name with one model loaded)."""
-    base = asked.split(":")[0].lower()
-    others = sorted(m for m in reported if m.split(":")[0].lower() != base)
-    if not others:
-        return []
-    return [
-        f"LM Studio reports that {', '.join(others)} answered although {asked} was asked for: with a single "
-        "model loaded, LM Studio uses it whatever the name. Load the model you want (or unload the other)."
-    ]
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tools.agent.events import (
@@ -16,7 +17,6 @@ from tools.agent.events import (
     ModelRequested,
     ModelTurnReceived,
     RoundFinished,
-    RunContext,
     RunFinished,
     RunHooks,
     RunStarted,
@@ -37,7 +37,7 @@ HEARTBEAT_S = 5.0
 
 class ProgressHook(RunHooks):
     """Progress notifications: start, each round, its first tool call and the end always; generation and
-    the other tool calls throttled (at most one a second); a heartbeat while the model is silent."""
+    the other tool calls throttled (at most one a second); a heartbeat while the model or a tool is silent."""
 
     def __init__(self, reporter: ProgressReporter, *, heartbeat_s: float = HEARTBEAT_S) -> None:
         self._reporter = reporter
@@ -55,8 +55,8 @@ class ProgressHook(RunHooks):
         )
 
     async def on_model_requested(self, event: ModelRequested) -> None:
-        await self._stop_beat()
-        self._beat = asyncio.create_task(self._heartbeat(event.run))
+        run = event.run
+        await self._start_beat(lambda: f"round {run.rounds}: waiting for {run.model.id} ({run.elapsed_s:.0f} s)")
 
     async def on_model_delta(self, event: ModelDelta) -> None:
         run = event.run
@@ -73,9 +73,12 @@ class ProgressHook(RunHooks):
         run = event.run
         first_of_round = run.rounds != self._calls_reported_in
         self._calls_reported_in = run.rounds
-        await self._reporter.report(
-            f"round {run.rounds}: calling {event.tool.llm_name} ({run.elapsed_s:.0f} s)", force=first_of_round
-        )
+        name = event.tool.llm_name
+        await self._reporter.report(f"round {run.rounds}: calling {name} ({run.elapsed_s:.0f} s)", force=first_of_round)
+        await self._start_beat(lambda: f"round {run.rounds}: waiting for {name} ({run.elapsed_s:.0f} s)")
+
+    async def on_tool_call_finished(self, event: ToolCallFinished) -> None:
+        await self._stop_beat()
 
     async def on_round_finished(self, event: RoundFinished) -> None:
         run = event.run
@@ -92,12 +95,14 @@ class ProgressHook(RunHooks):
                 f"finished: {event.result.stop_reason} after {event.result.rounds} round(s)", force=True
             )
 
-    async def _heartbeat(self, run: RunContext) -> None:
+    async def _start_beat(self, message: Callable[[], str]) -> None:
+        await self._stop_beat()
+        self._beat = asyncio.create_task(self._heartbeat(message))
+
+    async def _heartbeat(self, message: Callable[[], str]) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
-            await self._reporter.report(
-                f"round {run.rounds}: waiting for {run.model.id} ({run.elapsed_s:.0f} s)", force=True
-            )
+            await self._reporter.report(message(), force=True)
 
     async def _stop_beat(self) -> None:
         beat, self._beat = self._beat, None

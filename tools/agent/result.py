@@ -37,10 +37,29 @@ class RunResult:
     assists: dict[str, int] = field(default_factory=dict)
     tools_offered: list[str] = field(default_factory=list)
     context: dict[str, object] = field(default_factory=dict)
+    typed: bool = False  # the call gave an output_schema: `result` is part of the structured content
+    result: object = None  # the final answer parsed and validated against it (None unless the run completed)
+    approvals: list[dict[str, object]] | None = None  # calls that needed approval; None: the policy is off
 
     @property
     def text(self) -> str:
-        """The answer for Claude, with a one-line footer when the run did not simply complete."""
+        """The answer for Claude, with a line when calls were not run for want of approval, and one when
+        the run did not simply complete."""
+        return self._stop_text() + self._approvals_text()
+
+    def _approvals_text(self) -> str:
+        held = [a for a in self.approvals or () if a["outcome"] != "approved"]
+        if not held:
+            return ""
+        calls = ", ".join(f"{a['name']} ({a['outcome'].replace('_', ' ')})" for a in held)  # type: ignore[attr-defined]
+        hint = ""
+        if any(a["outcome"] == "not_asked" for a in held):
+            hint = (" This client cannot ask for approval (no MCP elicitation, or a background run): run them "
+                    "yourself if they are wanted (see `approvals` for the arguments), or use a client with "
+                    "elicitation, such as Claude Code.")
+        return f"\n\n[{len(held)} call(s) needed the user's approval and were not run: {calls}.{hint}]"
+
+    def _stop_text(self) -> str:
         if self.stop_reason == "completed":
             return self.answer or "(the model gave no answer)"
         why = {
@@ -55,6 +74,9 @@ class RunResult:
         return f"{self.answer}\n\n[Run stopped early because {why}.]"
 
     def structured(self) -> dict[str, object]:
+        typed = {"result": self.result} if self.typed else {}
+        if self.approvals is not None:
+            typed["approvals"] = self.approvals
         return {
             "answer": self.answer,
             "model": self.model,
@@ -73,4 +95,5 @@ class RunResult:
             "assists": self.assists,
             "tools_offered": self.tools_offered,
             "context": self.context or None,
+            **typed,
         }

@@ -11,6 +11,7 @@
                        -> each call: the loop guard, then the executor (names and arguments mended)
                        -> the outputs, cut to the room the context has left, go back to the model
                           (history compacted first if needed; an overflow is survived once)
+      with an output_schema: the final answer asked for once more, typed (`typed_answer`)
       bounded by AUTONOMOUS_TIMEOUT_S; an LM Studio error ends the run with what was said so far
 
 Everything that watches the run is a hook (`tools.agent.events`); running a call is the executor's
@@ -41,6 +42,7 @@ from llm.conversation import (
 )
 from llm.exceptions import EndpointNotSupportedError, LLMError
 from llm.llm_client import LLMClient
+from llm.models import ResolvedModel
 from llm.results import StreamEvent
 from tools.agent.context import ContextKeeper
 from tools.agent.events import (
@@ -59,6 +61,7 @@ from tools.agent.schema_probe import refusal_about_tools, refused_tools
 from tools.agent.text_calls import recover_tool_calls
 from tools.agent.tool_execution import ToolExecutor
 from tools.agent.tool_selection import ToolOffer
+from tools.agent.typed_answer import TypedAnswerStep
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +94,12 @@ class Runner:
         limits: RunLimits,
         offer: ToolOffer,
         context: ContextKeeper,
+        check_answer: Callable[[ResolvedModel, str | None], str | None] = lambda model, answered: None,
+        typed: TypedAnswerStep | None = None,
     ) -> None:
         self._llm = llm
+        self._typed = typed
+        self._check_answer = check_answer
         self._capabilities = capabilities
         self._executor = executor
         self._hooks = hooks
@@ -110,6 +117,9 @@ class Runner:
         try:
             with anyio.move_on_after(self._limits.timeout_s) as deadline:
                 stop = await self._loop(run)
+                if stop == "completed" and self._typed is not None and self._conversation is not None:
+                    await self._hooks.emit(ModelRequested(run))
+                    await self._typed.answer(run, self._conversation)
             if deadline.cancelled_caught:
                 stop = "timeout"
         except LLMError as exc:
@@ -157,6 +167,10 @@ class Runner:
     async def _ask(self, run: RunContext, request: Callable[[], Awaitable[ModelTurn]]) -> ModelTurn:
         await self._hooks.emit(ModelRequested(run))
         turn = await request()
+        # Who answered, before its words are kept: another model than the one named ends the run
+        # (ModelMismatchError), unless MODEL_MISMATCH=note.
+        if (note := self._check_answer(run.model, turn.model)) and note not in run.notes:
+            run.notes.append(note)
         if not turn.tool_calls and (found := recover_tool_calls(turn.text, run.toolset, round_index=run.rounds)):
             logger.info("read %d tool call(s) written as text (%s format)", len(found.calls), found.format)
             run.assists["tool_calls_from_text"] += len(found.calls)

@@ -10,6 +10,9 @@ What a small model gets almost right is mended first, and counted in the run's `
 name that differs in case, `-`/`_` or a `server__` prefix (`text_calls.match_tool_name`), and
 arguments that need JSON repair or coercion to the schema (`repair.repair_arguments`).
 `search_tools` (`tool_selection.ToolOffer`) runs here too, without a server.
+
+A call that needs the user's approval (`approval.ApprovalGate`) is asked about after its arguments are
+mended, and runs only when approved; otherwise the model reads why it did not.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mcp.types import (
 
 from llm.conversation import ToolOutput
 from llm.results import ToolCall
+from tools.agent.approval import ApprovalGate
 from tools.agent.events import HookSet, RunContext, ToolCallFinished, ToolCallStarted
 from tools.agent.repair import repair_arguments
 from tools.agent.result import ToolCallRecord
@@ -60,8 +64,10 @@ class ToolExecutor:
         *,
         output_max_chars: int,
         offer: ToolOffer | None = None,
+        approvals: ApprovalGate | None = None,
     ) -> None:
         self._leases = leases
+        self._approvals = approvals
         self._hooks = hooks
         self._output_max_chars = output_max_chars
         self._offer = offer
@@ -116,6 +122,8 @@ class ToolExecutor:
             return False, f"Error: {exc}"
         if repairs:
             run.assists["arguments_repaired"] += 1
+        if self._approvals is not None and (refusal := await self._approvals.check(run, tool, arguments)):
+            return False, refusal
         try:
             result = await self._leases[tool.server].call_tool(tool.tool_name, arguments)
         except MCPBridgeError as exc:

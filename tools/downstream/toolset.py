@@ -37,6 +37,7 @@ class BridgedTool:
     tool_name: str
     description: str
     parameters: dict[str, object]
+    read_only: bool = False  # the server declares readOnlyHint (approvals ask only for the others)
 
     def spec(self) -> FunctionSpec:
         return FunctionSpec(self.llm_name, self.description, self.parameters)
@@ -111,6 +112,7 @@ def build_toolset(
                 tool_name=tool.name,
                 description=(tool.description or tool.title or tool.name)[:_MAX_DESCRIPTION],
                 parameters=parameters,
+                read_only=bool(tool.annotations and tool.annotations.read_only_hint),
             )
     return toolset, notes
 
