@@ -1,12 +1,11 @@
-"""Server-sent events in, results out: the parser and accumulators behind every streamed LM Studio call.
+"""Streamed chunks in, results out: the accumulators behind every streamed LM Studio call.
 
-    SSEParser                   bytes (split anywhere) -> SSEEvent(data, event, id)
     ChatStreamAccumulator       /v1/chat/completions and /v1/completions chunks -> ChatResult / CompletionResult
     ResponsesStreamAccumulator  /v1/responses events -> ResponseResult
     chat_result_from_body, completion_result_from_body, response_result_from_body
                                 the same results from a non-streamed JSON body
 
-The result dataclasses live in `llm.results`. Accumulators are pure: `add()` returns the `StreamEvent`s a chunk
+The SSE parser is `llm.sse`; the result dataclasses live in `llm.results`. Accumulators are pure: `add()` returns the `StreamEvent`s a chunk
 produced and the client hands them to the caller's `on_event`.
 
 Nothing here strips `<think>...</think>` from content: some models put their reasoning inside the
@@ -15,10 +14,7 @@ answer, and deciding what to show is the agent's business, not the transport's.
 
 from __future__ import annotations
 
-import codecs
 import json
-import re
-from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,101 +28,12 @@ from llm.results import (
     parse_usage,
 )
 
-DONE = "[DONE]"
-
-
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
 # --- SSE -------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class SSEEvent:
-    data: str
-    event: str | None = None
-    id: str | None = None
-
-    @property
-    def is_done(self) -> bool:
-        """OpenAI-style end marker (`data: [DONE]`)."""
-        return self.data.strip() == DONE
-
-    def json(self) -> object:
-        """The data parsed as JSON. Raises json.JSONDecodeError."""
-        return json.loads(self.data)
-
-
-_LINE_END = re.compile(r"\r\n|\r|\n")
-
-
-class SSEParser:
-    """Incremental parser of the text/event-stream format (WHATWG), fed chunks split anywhere."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buffer = ""
-        self._data: list[str] = []
-        self._event: str | None = None
-        self._id: str | None = None
-
-    def feed(self, chunk: bytes | str) -> list[SSEEvent]:
-        """Add a chunk; returns the events it completed."""
-        self._buffer += self._decoder.decode(chunk) if isinstance(chunk, bytes) else chunk
-        events: list[SSEEvent] = []
-        while match := _LINE_END.search(self._buffer):
-            # A lone trailing "\r" may be the first half of a "\r\n" still in flight.
-            if match.group() == "\r" and match.end() == len(self._buffer):
-                break
-            line, self._buffer = self._buffer[: match.start()], self._buffer[match.end() :]
-            if (event := self._take_line(line)) is not None:
-                events.append(event)
-        return events
-
-    def close(self) -> list[SSEEvent]:
-        """End of stream: flush a final event that was not followed by a blank line."""
-        tail = self._buffer + self._decoder.decode(b"", final=True)
-        self._buffer = ""
-        events = [e for e in (self._take_line(tail.rstrip("\r")) if tail else None, self._dispatch()) if e]
-        return events
-
-    def _take_line(self, line: str) -> SSEEvent | None:
-        if not line:
-            return self._dispatch()
-        if line.startswith(":"):
-            return None
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
-        elif name == "id":
-            self._id = value
-        return None
-
-    def _dispatch(self) -> SSEEvent | None:
-        if not self._data:
-            self._event = None
-            return None
-        event = SSEEvent(data="\n".join(self._data), event=self._event, id=self._id)
-        self._data, self._event = [], None
-        return event
-
-
-async def aiter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[SSEEvent]:
-    """The SSE events of a byte stream, ending at `[DONE]` or at the end of the stream."""
-    parser = SSEParser()
-    async for chunk in chunks:
-        for event in parser.feed(chunk):
-            if event.is_done:
-                return
-            yield event
-    for event in parser.close():
-        if event.is_done:
-            return
-        yield event
 
 
 # --- chat / completions ----------------------------------------------------------------------

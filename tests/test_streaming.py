@@ -6,15 +6,13 @@ import json
 
 import pytest
 
+from llm.sse import SSEEvent, SSEParser, aiter_sse
 from llm.streaming import (
     ChatStreamAccumulator,
     ResponsesStreamAccumulator,
-    SSEEvent,
-    SSEParser,
     StreamEvent,
     ToolCall,
     Usage,
-    aiter_sse,
     chat_result_from_body,
     completion_result_from_body,
     response_result_from_body,
