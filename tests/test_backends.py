@@ -135,3 +135,20 @@ async def test_a_continued_response_goes_back_to_the_server_that_stored_it(
         )
     assert not second.is_error, text_of(second)
     assert second.structured_content["text"] == "second" and generations(laptop) == []
+
+
+async def test_a_model_that_is_not_loaded_is_loaded_on_the_server_that_lists_it_and_nowhere_else() -> None:
+    """Loading (LM Studio 0.4's load API) goes to the server the model is routed to, with its own queue and client."""
+    thinker = "qwen/qwen3-4b-thinking-2507"
+    laptop_models = (FakeModel(SHARED, loaded=True),)
+    gpu_models = (FakeModel(SHARED, loaded=True), FakeModel(thinker, loaded=False, loaded_context_length=8192))
+    with FakeLMStudio([Turn(text="laptop")], models=laptop_models, lmstudio_version="0.4", substitutes=True) as lap, \
+            FakeLMStudio([Turn(text="thought")], models=gpu_models, lmstudio_version="0.4", substitutes=True) as box:
+        async with in_process_bridge(settings(lap, box)) as client:
+            result = await client.call_tool("chat_completion", {"prompt": "hi", "model": thinker})
+            listed = await client.call_tool("list_models", {})
+    assert not result.is_error, text_of(result)
+    assert text_of(result) == "thought" and result.structured_content["model"] == thinker
+    assert [load["model"] for load in box.state.loads] == [thinker] and lap.state.loads == []
+    row = next(r for r in listed.structured_content["models"] if r["id"] == thinker)
+    assert (row["server"], row["state"]) == ("gpu", "loaded")
