@@ -18,6 +18,8 @@
             "tokens to keep", "exceed"                         ContextLengthExceededError
     StatusFailure 404/405/501, or "Unexpected endpoint"        EndpointNotSupportedError
     StatusFailure 200 with another message                     LLMResponseError
+    StatusFailure 5xx that is pydantic's "validation error" of
+            the request body (llama-cpp-python's server)        LLMStatusError (a refusal: not retried)
     StatusFailure 5xx                                          LLMServerError
     StatusFailure other 4xx                                    LLMStatusError(.status_code, .body)
     ValueError (not JSON, wrong shape)                         LLMResponseError (asks "is this LM Studio?")
@@ -67,6 +69,8 @@ _MODEL_NOT_FOUND = re.compile(
 )
 _CONTEXT_FULL = re.compile(r"context (length|window|size)|n_ctx|tokens to keep|exceed|context overflow")
 _NO_ROUTE = re.compile(r"unexpected endpoint|unknown (endpoint|route)")
+# pydantic's words for a request body it refused: llama-cpp-python's server answers them with 500.
+_INVALID_BODY = re.compile(r"validation error[\s\S]*'loc': \('body'")
 _HTML = re.compile(r"^\s*(<!doctype html|<html|<head|<body|<\?xml)", re.IGNORECASE)
 _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAG = re.compile(r"<[^>]+>")
@@ -305,6 +309,7 @@ _STATUS_RULES: tuple[_Rule, ...] = (
         lambda f, t, w: f.status == 200,
         lambda f, t, w: LLMResponseError(f"LM Studio reported an error from {w.url}: {_shown(f, w)}"),
     ),
+    _Rule(lambda f, t, w: f.status >= 500 and bool(_INVALID_BODY.search(t)), lambda f, t, w: _refused(f, w)),
     _Rule(lambda f, t, w: f.status >= 500, _server_error),
 )
 
@@ -314,6 +319,11 @@ def _map_status(failure: StatusFailure, where: Where) -> LLMError:
     for rule in _STATUS_RULES:
         if rule.matches(failure, text, where):
             return rule.build(failure, text, where)
+    return _refused(failure, where)
+
+
+def _refused(failure: StatusFailure, where: Where) -> LLMError:
+    """The request itself was refused (a 4xx, or a 5xx that is a validation error): not worth retrying."""
     return LLMStatusError(
         f"LM Studio rejected the request to {where.path} ({failure.status}): {_shown(failure, where)}",
         status_code=failure.status,

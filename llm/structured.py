@@ -1,6 +1,7 @@
 """Typed answers: ask a model for JSON that matches a JSON Schema, check it, and repair it once.
 
-    ask with the server's structured-output field ──► refused (400/422)? the next form, learned per API
+    ask with the server's structured-output field ──► refused (400/422, or a refusal naming the field)? the next
+    form, learned per API
       chat completions: response_format {"type": "json_schema", "json_schema": {...}}   (LM Studio)
                         response_format {"type": "json_object", "schema": {...}}      (llama-cpp-python)
                         no field: the schema in the prompt only
@@ -136,9 +137,19 @@ def _one_value_inside(text: str) -> object | None:
     return None if "{" in rest or "[" in rest else value
 
 
-def _refused(exc: LLMStatusError) -> bool:
-    """A 400/422 about the request itself (not context, model or route): the field was not taken."""
-    return type(exc) is LLMStatusError and exc.status_code in (400, 422)
+_FIELD_NAMED = {
+    "chat": re.compile(r"response_format"),
+    "responses": re.compile(r"text\.format|'text',\s*'format'|\"text\",\s*\"format\""),
+}
+
+
+def _refused(exc: LLMStatusError, api: ApiKind) -> bool:
+    """The structured-output field was not taken: the request itself was refused (not for context, model or
+    route), with a 400/422, or with a message that names the field (llama-cpp-python's server refuses a
+    `response_format` it does not know with 500 and pydantic's `'loc': ('body', 'response_format', 'type')`)."""
+    if type(exc) is not LLMStatusError:
+        return False
+    return exc.status_code in (400, 422) or bool(_FIELD_NAMED[api].search(f"{exc.body} {exc.message}"))
 
 
 Ask = Callable[[OutputMode, str | None], Awaitable[str]]
@@ -175,7 +186,7 @@ async def _first_accepted(ask: Ask, api: ApiKind, capabilities: ServerCapabiliti
         try:
             raw = await ask(mode, None)
         except LLMStatusError as exc:
-            if mode == "prompt" or not _refused(exc):
+            if mode == "prompt" or not _refused(exc, api):
                 raise
             logger.info("%s refused the %s structured-output form (%s): trying the next", api, mode, exc)
             continue

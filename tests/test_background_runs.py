@@ -233,3 +233,18 @@ async def test_progress_is_reported_while_a_server_starts_and_while_a_long_tool_
     assert "connecting to MCP servers: toy" in ctx.messages
     assert any(m.startswith("starting MCP servers: toy (") for m in ctx.messages), ctx.messages
     assert any(m.startswith("round 1: waiting for sleep (") for m in ctx.messages), ctx.messages
+
+
+@pytest.mark.slow
+async def test_a_background_run_waiting_on_its_servers_says_so_in_its_status(tmp_path: Path) -> None:
+    """No client hears a background run's heartbeats: they still keep `last_progress` current."""
+    mcp_json = write_mcp_json(tmp_path / ".mcp.json", {"toy": toy_server(TOY_START_DELAY_S="2")})
+    with FakeLMStudio([Turn(text="done")]) as fake:
+        async with bridge_state(bridge_settings(fake.url, mcp_json)) as state:
+            state.agent.heartbeat_s = 0.05
+            progress = ProgressReporter(None)
+            with anyio.fail_after(60):
+                running = asyncio.create_task(state.agent.run(["toy"], "go", progress=progress))
+                while not (progress.last_message or "").startswith("starting MCP servers: toy ("):
+                    await anyio.sleep(0.02)
+                assert (await running).stop_reason == "completed"

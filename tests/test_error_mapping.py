@@ -112,3 +112,20 @@ def test_worth_retrying_says_what_a_second_attempt_can_fix(
     error: Exception, generation: bool, retried: bool
 ) -> None:
     assert worth_retrying(error, generation=generation) is retried
+
+
+def test_a_500_that_is_a_validation_error_of_the_request_is_a_refusal_and_not_retried() -> None:
+    """llama-cpp-python's server answers a body its schema refuses with 500 and pydantic's words, as captured
+    from it: a second attempt of the same body gets the same answer."""
+    message = (
+        "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+        "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}"
+    )
+    body = json.dumps({"error": {"message": message, "type": "internal_server_error"}})
+    where = Where("http://localhost:1234", "/v1/chat/completions", 5.0, 300.0, "gemma")
+    error = map_error(StatusFailure(500, body, message), where)
+    assert type(error) is LLMStatusError and error.status_code == 500
+    assert str(error).startswith("LM Studio rejected the request to /v1/chat/completions (500): 1 validation error")
+    assert not worth_retrying(error, generation=True)
+    crashed = map_error(StatusFailure(500, "{}", "CUDA error: out of memory"), where)
+    assert isinstance(crashed, LLMServerError) and worth_retrying(crashed, generation=True)

@@ -90,6 +90,32 @@ async def test_a_refused_form_falls_back_to_the_next_and_the_server_is_remembere
     assert [mode for mode, _ in again.asked] == ["json_object"]
 
 
+async def test_a_refusal_that_names_the_field_with_another_status_is_a_refusal_too() -> None:
+    """llama-cpp-python answers 500 (pydantic's message): the field is named, so the next form is tried."""
+    refusal = LLMStatusError(
+        "LM Studio rejected the request to /v1/chat/completions (500): 1 validation error: {'type': "
+        "'literal_error', 'loc': ('body', 'response_format', 'type')}", status_code=500,
+    )
+    other = LLMStatusError("LM Studio rejected the request (500): 1 validation error: 'loc': ('body', 'tools')",
+                           status_code=500)
+    asked: list[OutputMode] = []
+
+    async def ask(mode: OutputMode, repair: str | None) -> str:
+        asked.append(mode)
+        if mode == "json_schema":
+            raise refusal
+        return '{"title": "Dune", "year": 1965}'
+
+    typed = await ask_typed(ask, SCHEMA, api="chat", capabilities=ServerCapabilities("http://x"))
+    assert (asked, typed.mode) == (["json_schema", "json_object"], "json_object")
+
+    async def refuses_tools(mode: OutputMode, repair: str | None) -> str:
+        raise other
+
+    with pytest.raises(LLMStatusError):
+        await ask_typed(refuses_tools, SCHEMA, api="chat", capabilities=ServerCapabilities("http://x"))
+
+
 async def test_an_invalid_answer_is_repaired_once_with_the_problem_quoted() -> None:
     server = Server(['{"title": "Dune"}', '{"title": "Dune", "year": 1965}'])
     typed = await ask_typed(server.ask, SCHEMA, api="responses", capabilities=ServerCapabilities("http://x"))

@@ -63,12 +63,9 @@ class ProgressReporter:
         A generation that is not streamed (or streams slowly) would otherwise leave Claude
         with no sign of life, and Claude Code times a silent call out. The beat is a plain
         task, not a task group: a task group would wrap the body's own errors in an
-        ExceptionGroup and hide them from the caller's `except` clauses.
+        ExceptionGroup and hide them from the caller's `except` clauses. Without a client to tell (a
+        background run) the beat still keeps `last_message` current, for `autonomous_status`.
         """
-        if self._ctx is None:
-            yield
-            return
-
         async def beat() -> None:
             while True:
                 await asyncio.sleep(every_s)

@@ -638,8 +638,8 @@ class FakeLMStudio:
         model, refusal = self._check_model(body)
         if refusal is None:
             refusal = self._check_tools(body)
-        if refusal is None and (message := self.state.output_format_refusal(request.url.path, body)):
-            refusal = _error_response(400, message)
+        if refusal is None and (refused := self.state.output_format_refusal(request.url.path, body)):
+            refusal = _error_response(*refused)
         if refusal is None:
             refusal = check()
         if refusal is None:

@@ -12,8 +12,8 @@ tested against read in one place:
   the first loaded model of its kind, and the reply's ``model`` says so, as LM Studio does when it cannot
   load the one named. Without it the stand-in plays just-in-time loading: it answers as the model named.
 - Structured output: which ``response_format`` types ``/v1/chat/completions`` accepts (``json_schema`` as
-  LM Studio, ``json_object`` as llama-cpp-python, or none); any other is refused with 400, as those servers
-  do. ``/v1/responses`` takes ``text.format`` unless ``text_format=False`` (accepted, never enforced, as
+  LM Studio, ``json_object`` as llama-cpp-python, or none); any other is refused: with 500 and pydantic's
+  message naming the field in llama-cpp-python's case (as its server really answers), else with 400. ``/v1/responses`` takes ``text.format`` unless ``text_format=False`` (accepted, never enforced, as
   reported of LM Studio). Whether the answer is JSON is the script's choice: a script reads the request.
 """
 
@@ -100,17 +100,20 @@ class ModelState:
             answer["load_config"] = {"context_length": context or model.max_context_length}
         return 200, answer
 
-    def output_format_refusal(self, path: str, body: dict[str, object]) -> str | None:
-        """The 400 message for a structured-output field this server does not take, or None."""
+    def output_format_refusal(self, path: str, body: dict[str, object]) -> tuple[int, str] | None:
+        """The status and message for a structured-output field this server does not take, or None."""
         if path == "/v1/chat/completions" and isinstance(body.get("response_format"), dict):
             kind = body["response_format"].get("type")  # type: ignore[union-attr]
             if kind == "text" or kind == self.response_format:
                 return None
-            if self.response_format == "json_object":
-                return f"Input should be 'text' or 'json_object' (response_format.type: {kind!r})"
-            return "'response_format.type' must be 'json_schema' or 'text'"
+            if self.response_format == "json_object":  # llama-cpp-python's own words (it answers them with 500)
+                return 500, (
+                    "1 validation error:\n  {'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
+                    f"'msg': \"Input should be 'text' or 'json_object'\", 'input': {kind!r}}}"
+                )
+            return 400, "'response_format.type' must be 'json_schema' or 'text'"
         if path == "/v1/responses" and isinstance(body.get("text"), dict) and not self.text_format:
-            return "Unrecognized key 'text' in the request body"
+            return 400, "Unrecognized key 'text' in the request body"
         return None
 
 
