@@ -56,3 +56,27 @@ async def test_an_error_in_the_body_comes_out_as_itself_not_wrapped() -> None:
         assert exc.args == ("the body's own error",)
     else:
         raise AssertionError("the error was swallowed")
+
+
+async def test_the_heartbeat_while_the_model_is_awaited_names_the_round_in_progress() -> None:
+    """`rounds` counts the turns received: waiting for the first answer is round 1, not round 0."""
+    import asyncio
+
+    from llm.models import ResolvedModel
+    from tools.agent.events import ModelRequested, RunContext
+    from tools.agent.hooks import ProgressHook
+
+    ctx = RecordingContext()
+    run = RunContext("t", ResolvedModel("m", "requested", None, asyncio.Semaphore(1)), [], {})
+    hook = ProgressHook(ProgressReporter(ctx), heartbeat_s=0.01)  # type: ignore[arg-type]
+    with anyio.fail_after(5):
+        await hook.on_model_requested(ModelRequested(run))
+        await ctx.arrived.wait()
+        first = ctx.messages[0]
+        run.rounds = 1
+        ctx.arrived = anyio.Event()
+        ctx.messages.clear()
+        await hook.on_model_requested(ModelRequested(run))
+        await ctx.arrived.wait()
+        await hook.on_model_turn(None)  # type: ignore[arg-type]
+    assert first.startswith("round 1: waiting for m (") and ctx.messages[0].startswith("round 2: waiting for m (")

@@ -54,14 +54,17 @@ class ProgressHook(RunHooks):
             force=True,
         )
 
+    # `run.rounds` counts the model's turns received: while one is awaited, its round is the next.
+
     async def on_model_requested(self, event: ModelRequested) -> None:
         run = event.run
-        await self._start_beat(lambda: f"round {run.rounds}: waiting for {run.model.id} ({run.elapsed_s:.0f} s)")
+        await self._start_beat(lambda: f"round {run.rounds + 1}: waiting for {run.model.id} ({run.elapsed_s:.0f} s)")
 
     async def on_model_delta(self, event: ModelDelta) -> None:
         run = event.run
         await self._reporter.report(
-            f"round {run.rounds}: {run.model.id} generating ({event.event.chars_so_far} chars, {run.elapsed_s:.0f} s)"
+            f"round {run.rounds + 1}: {run.model.id} generating ({event.event.chars_so_far} chars, "
+            f"{run.elapsed_s:.0f} s)"
         )
 
     async def on_model_turn(self, event: ModelTurnReceived) -> None:
