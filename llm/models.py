@@ -252,10 +252,11 @@ class ModelCatalog:
                     base_url=down[0].base_url,
                 )
             raise ModelNotFoundError(shown, [self._label(i) for i in infos if not pinned or i.server == pinned])
-        info, model_id = self._ordered(found)[0]
+        info, model_id = self._ordered(found)[0] if len(found) > 1 else found[0]
         if info.type in _WRONG_TYPES[purpose]:
             raise ModelTypeError(model_id, str(info.type), purpose)
-        if await self.guard.prepare(info, [i for i in infos if i.server == info.server]):
+        # A loaded model is ready as it is: the guard is asked only about one that is not.
+        if not info.is_loaded and await self.guard.prepare(info, [i for i in infos if i.server == info.server]):
             # Loaded just now: its entry (loaded state, context) is new.
             fresh = [m for m in matches(model_id, await self.models(refresh=True)) if m[0].server == info.server]
             info, model_id = fresh[0] if fresh else (info, model_id)
