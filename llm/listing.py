@@ -125,7 +125,7 @@ def matches(name: str, infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, str]
     for key in (str, str.casefold):
         found = [(info, model_id) for info, model_id in candidates if key(model_id) == key(name)]
         if found:
-            return _unique(found)
+            return one_per_server(found)
     if _INSTANCE_SUFFIX.search(name):
         return []
     # A plain name for a model the server lists only by its instance ids ("x:1").
@@ -133,11 +133,11 @@ def matches(name: str, infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, str]
         found = [(info, instance_base(model_id)) for info, model_id in candidates
                  if key(instance_base(model_id)) == key(name)]
         if found:
-            return _unique(found)
+            return one_per_server(found)
     return []
 
 
-def _unique(found: list[tuple[ModelInfo, str]]) -> list[tuple[ModelInfo, str]]:
+def one_per_server(found: list[tuple[ModelInfo, str]]) -> list[tuple[ModelInfo, str]]:
     """One match per server (a model and its instance can both match the same name)."""
     seen: set[str | None] = set()
     kept = []

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from llm.exceptions import LLMConnectionError, LLMError, ModelNotFoundError, ModelTypeError, NoModelLoadedError
-from llm.listing import ModelInfo, matches
+from llm.listing import ModelInfo, matches, one_per_server
 from llm.model_guard import ModelGuard
 
 if TYPE_CHECKING:
@@ -115,6 +115,10 @@ class ModelCatalog:
         self.default_model = default_model
         self._clock = clock
         self._infos: list[ModelInfo] | None = None
+        # The cached list by exact id and instance id, and the answers built from it: a name asked
+        # for again (every round of a run, every call naming a model) is two dict lookups.
+        self._exact: dict[str, list[tuple[ModelInfo, str]]] = {}
+        self._answers: dict[tuple[str | None, str, Source, bool], ResolvedModel] = {}
         self._health: dict[str, ServerHealth] = {}
         self._fetched_at = 0.0
         self._fetches = 0
@@ -156,6 +160,12 @@ class ModelCatalog:
             listed = "; ".join(f"{b.name} ({b.base_url}): {e}" for b, e in zip(self.backends, errors, strict=True))
             raise LLMConnectionError(f"No model server could be asked for its models: {listed}", errors[0])
         infos = [info for listing, _ in answers for info in listing]
+        exact: dict[str, list[tuple[ModelInfo, str]]] = {}
+        for info in infos:
+            for model_id in (info.id, *info.loaded_instances):
+                exact.setdefault(model_id, []).append((info, model_id))
+        self._exact = {model_id: one_per_server(found) for model_id, found in exact.items()}
+        self._answers = {}
         self._infos = infos
         self._fetched_at = self._clock()
         logger.debug("Model list refreshed: %d models from %d server(s)", len(infos), len(self.backends) - len(errors))
@@ -230,14 +240,20 @@ class ModelCatalog:
     async def _named(self, name: str, source: Source, purpose: Purpose, exclude: Collection[str]) -> ResolvedModel:
         name, pinned = self._pinned(name)
         target = self._aliases.get(name, name)
-        allowed = {pinned} if pinned else set(self._by_name) - set(exclude)
+        if pinned or exclude:
+            allowed = {pinned} if pinned else set(self._by_name) - set(exclude)
+        else:
+            allowed = self._by_name.keys()  # the usual case: any server, nothing to filter out
+        everywhere = len(allowed) == len(self._by_name)
         fetches_before = self._fetches
         infos = await self.models()
-        found = [m for m in matches(target, infos) if m[0].server in allowed]
+        found = self._matches(target, infos)
+        if not everywhere:
+            found = [m for m in found if m[0].server in allowed]
         if not found and self._fetches == fetches_before:
             logger.debug("Model %r not in the cached list; fetching a fresh one", target)
             infos = await self.models(refresh=True)
-            found = [m for m in matches(target, infos) if m[0].server in allowed]
+            found = [m for m in self._matches(target, infos) if m[0].server in allowed]
         if not found:
             if target != name:
                 logger.warning("Alias %r points to %r, which no server offers", name, target)
@@ -270,6 +286,12 @@ class ModelCatalog:
         """
         return self.guard.check_answer(model, answered)
 
+    def _matches(self, name: str, infos: list[ModelInfo]) -> list[tuple[ModelInfo, str]]:
+        """`matches(name, infos)`, from the index when `infos` is the cached list and `name` an exact id."""
+        if infos is self._infos and name in self._exact:
+            return self._exact[name]
+        return matches(name, infos)
+
     def _pinned(self, name: str) -> tuple[str, str | None]:
         """`model@server` -> (model, server) when `server` is one of the backends' names (model ids may hold `@`)."""
         model, at, server = name.rpartition("@")
@@ -294,6 +316,9 @@ class ModelCatalog:
         return sorted(found, key=rank)
 
     def _resolved(self, info: ModelInfo, model_id: str, source: Source, *, pinned: bool = False) -> ResolvedModel:
+        answer = self._answers.get((info.server, model_id, source, pinned))
+        if answer is not None and answer.info is info:
+            return answer
         backend = self._by_name.get(info.server or "", self.backends[0])
         key = (backend.name, model_id)
         queue = self._queues.get(key)
@@ -301,7 +326,9 @@ class ModelCatalog:
             limit = backend.max_concurrency or info.parallel or DEFAULT_CONCURRENCY
             logger.debug("at most %d requests in flight for %s on %s", limit, model_id, backend.name)
             queue = self._queues[key] = asyncio.Semaphore(limit)
-        return ResolvedModel(id=model_id, source=source, info=info, queue=queue, backend=backend, pinned=pinned)
+        answer = ResolvedModel(id=model_id, source=source, info=info, queue=queue, backend=backend, pinned=pinned)
+        self._answers[(info.server, model_id, source, pinned)] = answer
+        return answer
 
     # --- the plan's names ----------------------------------------------------------------------
 

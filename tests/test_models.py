@@ -164,6 +164,25 @@ async def test_model_list_is_fetched_again_after_ttl(client: FakeServer, clock: 
     assert client.fetches == 2
 
 
+async def test_a_name_resolved_again_follows_the_list_the_server_gives_after_the_ttl(clock: FakeClock) -> None:
+    # The catalog answers a repeated name from an index of the cached list: a new list must replace it.
+    server = FakeServer(CODER, QWEN)
+    catalog = make_validator(server, clock, ttl_s=60.0)
+    first = await catalog.resolve(CODER.id)
+    assert await catalog.resolve(CODER.id) is first  # same list: the same answer
+
+    server.models = [ModelInfo(CODER.id, "llm", state="loaded", max_context_length=8192), QWEN]
+    clock.now = 60.0
+    again = await catalog.resolve(CODER.id)
+
+    assert again.info is not None and again.info.is_loaded and again.context_length == 8192
+    assert again.queue is first.queue  # the model's queue outlives its listing
+    server.models = [QWEN]
+    clock.now = 120.0
+    with pytest.raises(ModelNotFoundError):
+        await catalog.resolve(CODER.id)
+
+
 async def test_refresh_forces_a_fetch(client: FakeServer, clock: FakeClock) -> None:
     catalog = make_validator(client, clock)
     await catalog.models()
