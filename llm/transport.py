@@ -13,6 +13,7 @@ No answer, streamed or not, is read past LMSTUDIO_MAX_ANSWER_MB (`llm.bounds`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -40,6 +41,9 @@ from utils.metrics import Metrics, tracer
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# How long to wait for the end of a stream after its `[DONE]` (normally already in the buffer).
+_DRAIN_S = 0.25
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,8 @@ class Transport:
                 # Not a stream at all (an error, or a proxy's answer): judge it by its body, not as an
                 # empty stream, which would read as LM Studio's context-overflow bug.
                 self._raise_for_json_instead_of_stream(await response.aread(), path, model)
-            async for sse in aiter_sse(capped_bytes(response, self.options.max_answer_bytes)):
+            chunks = capped_bytes(response, self.options.max_answer_bytes)
+            async for sse in aiter_sse(chunks):
                 try:
                     payload = sse.json()
                     if not isinstance(payload, dict):
@@ -235,6 +240,7 @@ class Transport:
                 except ValueError as exc:
                     raise self.error(exc, path, model) from exc
                 yield sse.event, payload
+            await _drain(chunks)
         except httpx.HTTPError as exc:
             raise self.error(exc, path, model, mid_stream=True) from exc
         finally:
@@ -249,6 +255,20 @@ class Transport:
         if message:
             raise self.error(StatusFailure.in_200(message, text), path, model)
         raise self.error(ValueError(f"expected an event stream, got a JSON body: {text[:200]!r}"), path, model)
+
+
+async def _drain(chunks: AsyncIterator[bytes]) -> None:
+    """Read what is left of a stream that ended with `[DONE]` (its chunked-encoding end), briefly.
+
+    httpcore gives a connection back to the pool only when its response was read to the end; closed
+    early, the connection is closed too, and the next round of a run pays for a new one.
+    """
+    try:
+        async with asyncio.timeout(_DRAIN_S):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, httpx.HTTPError, LLMError):
+        pass  # the answer is whole; only the connection is lost
 
 
 class _ConnectionTrace:

@@ -111,3 +111,16 @@ async def test_responses_compaction_starts_a_new_chain_from_the_transcript(llm: 
     assert replay[0] == {"role": "user", "content": "the task"}  # type: ignore[index]
     assert replay[-1] == {"role": "user", "content": "Result of read_file:\nthe newest"}  # type: ignore[index]
     assert all("A" * 100 not in str(item) for item in replay)  # type: ignore[union-attr]
+
+
+async def test_streamed_answers_one_after_another_share_one_connection(llm: LLMClient, fake: FakeLMStudio) -> None:
+    # A stream ends with `data: [DONE]` before the body does: read to its end, the connection goes
+    # back to the pool; closed early, every round of a run would open a new one.
+    model = options(fake).model
+    fake.set_script([Turn(text="one"), Turn(text="two"), Turn(text="three")])
+    for _ in range(3):
+        result = await llm.chat_completion([{"role": "user", "content": "hi"}], model=model, stream=True)
+        assert result.content
+    ports = [r.client_port for r in fake.generation_requests()]
+    assert len(ports) == 3 and None not in ports
+    assert len(set(ports)) == 1, ports

@@ -154,6 +154,7 @@ class RecordedRequest:
     body: dict[str, object] | None
     size_bytes: int
     headers: dict[str, str]
+    client_port: int | None = None  # the client's end of the TCP connection: same port, same connection
 
 
 Script = Sequence[Turn] | Callable[[RecordedRequest], Turn]
@@ -801,6 +802,7 @@ class _RecordAndAuth:
             body=body,
             size_bytes=len(raw),
             headers={k.lower(): v for k, v in request.headers.items()},
+            client_port=request.client.port if request.client else None,
         )
         self.fake._record(recorded)
         scope.setdefault("state", {})
