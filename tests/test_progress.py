@@ -80,3 +80,23 @@ async def test_the_heartbeat_while_the_model_is_awaited_names_the_round_in_progr
         await ctx.arrived.wait()
         await hook.on_model_turn(None)  # type: ignore[arg-type]
     assert first.startswith("round 1: waiting for m (") and ctx.messages[0].startswith("round 2: waiting for m (")
+
+
+async def test_the_heartbeat_repeats_while_the_model_is_silent_and_stops_when_it_answers() -> None:
+    import asyncio
+
+    from llm.models import ResolvedModel
+    from tools.agent.events import ModelRequested, RunContext
+    from tools.agent.hooks import ProgressHook
+
+    ctx = RecordingContext()
+    run = RunContext("t", ResolvedModel("m", "requested", None, asyncio.Semaphore(1)), [], {})
+    hook = ProgressHook(ProgressReporter(ctx), heartbeat_s=0.01)  # type: ignore[arg-type]
+    await hook.on_model_requested(ModelRequested(run))
+    await asyncio.sleep(0.1)
+    await hook.on_model_turn(None)  # type: ignore[arg-type]
+    beats = len(ctx.messages)
+    await asyncio.sleep(0.1)
+
+    assert beats >= 3, ctx.messages  # every 10 ms for 100 ms, allowing for a slow machine
+    assert len(ctx.messages) == beats, "a beat came after the model answered"

@@ -42,6 +42,22 @@ def test_search_adds_the_tools_it_finds_to_the_offer() -> None:
     assert offer.search({}).startswith("Error: give search_tools a `query`")
 
 
+def test_runs_on_the_same_tools_share_one_index_and_a_changed_description_gets_its_own() -> None:
+    from tools.agent import tool_selection
+
+    tool_selection._ranking_of.cache_clear()
+    for _ in range(3):
+        ToolOffer(toolset(), "share price", max_tools=3, max_chars=100_000)
+    assert tool_selection._ranking_of.cache_info().misses == 1
+
+    changed = [t.model_copy(update={"description": "Share price of a company"}) if t.name == "send_email" else t
+               for t in TOOLS]
+    offer = ToolOffer(build_toolset({"box": changed}, namespaced=False)[0], "share price of a company",
+                      max_tools=3, max_chars=100_000)
+    assert tool_selection._ranking_of.cache_info().misses == 2
+    assert "send_email" in offer.names()  # ranked on the new description, not the cached one
+
+
 def test_schemas_too_big_for_the_context_narrow_the_offer_too() -> None:
     offer = ToolOffer(toolset(), "send an email", max_tools=16, max_chars=600)
     assert offer.narrowed and offer.names()[0] == "send_email"

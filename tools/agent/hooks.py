@@ -42,7 +42,10 @@ class ProgressHook(RunHooks):
     def __init__(self, reporter: ProgressReporter, *, heartbeat_s: float = HEARTBEAT_S) -> None:
         self._reporter = reporter
         self._heartbeat_s = heartbeat_s
-        self._beat: asyncio.Task[None] | None = None
+        # The beat is a timer, not a task: it is started and stopped twice a round, and a timer costs
+        # nothing to cancel. Only when it fires does a report run (as a task, awaited on stop).
+        self._beat: asyncio.TimerHandle | None = None
+        self._beat_report: asyncio.Task[None] | None = None
         self._calls_reported_in: int | None = None
 
     async def on_run_started(self, event: RunStarted) -> None:
@@ -100,19 +103,23 @@ class ProgressHook(RunHooks):
 
     async def _start_beat(self, message: Callable[[], str]) -> None:
         await self._stop_beat()
-        self._beat = asyncio.create_task(self._heartbeat(message))
+        self._beat = asyncio.get_running_loop().call_later(self._heartbeat_s, self._fire, message)
 
-    async def _heartbeat(self, message: Callable[[], str]) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_s)
-            await self._reporter.report(message(), force=True)
+    def _fire(self, message: Callable[[], str]) -> None:
+        self._beat = asyncio.get_running_loop().call_later(self._heartbeat_s, self._fire, message)
+        if self._beat_report is None or self._beat_report.done():
+            self._beat_report = asyncio.create_task(self._reporter.report(message(), force=True))
 
     async def _stop_beat(self) -> None:
         beat, self._beat = self._beat, None
         if beat is not None:
             beat.cancel()
+        report, self._beat_report = self._beat_report, None
+        if report is not None and not report.done():
+            # A beat being sent when its wait ended: it must not arrive after what comes next.
+            report.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await beat
+                await report
 
 
 class MetricsHook(RunHooks):

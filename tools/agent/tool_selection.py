@@ -14,6 +14,7 @@ described in the instructions instead, with the one call format the model should
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -99,7 +100,8 @@ class ToolOffer:
 
     def _rank(self, query: str) -> list[str]:
         if self._ranking is None:
-            self._ranking = _Ranking(self._toolset)
+            tools = tuple((name, tool.tool_name, tool.description) for name, tool in self._toolset.items())
+            self._ranking = _ranking_of(tools)
         return self._ranking.rank(query)
 
 
@@ -112,17 +114,24 @@ def _words(text: str) -> str:
     return re.sub(r"(?<=[a-z])(?=[A-Z])|[_\-.]", " ", text)
 
 
+@functools.lru_cache(maxsize=32)
+def _ranking_of(tools: tuple[tuple[str, str, str], ...]) -> _Ranking:
+    """The index of `tools` ((name offered, server's name, description) each), built once per tool set:
+    the runs on the same servers share it (building it is most of a narrowed run's set-up)."""
+    return _Ranking(tools)
+
+
 class _Ranking:
     """BM25 over the tools' names and descriptions; ties keep the server's order."""
 
-    def __init__(self, toolset: Mapping[str, BridgedTool]) -> None:
+    def __init__(self, tools: Sequence[tuple[str, str, str]]) -> None:
         import bm25s
 
         # bm25s sets its own logger to DEBUG when imported; its index-building chatter is not ours to log.
         logging.getLogger("bm25s").setLevel(max(logging.WARNING, logging.getLogger().level))
         self._bm25s = bm25s
-        self._names = list(toolset)
-        corpus = [f"{_words(tool.tool_name)} {_words(tool.tool_name)} {tool.description}" for tool in toolset.values()]
+        self._names = [name for name, _, _ in tools]
+        corpus = [f"{_words(tool_name)} {_words(tool_name)} {description}" for _, tool_name, description in tools]
         self._index = bm25s.BM25()
         self._index.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
 
