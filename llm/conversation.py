@@ -82,6 +82,7 @@ class ModelTurn:
     response_id: str | None = None
     model: str | None = None  # as the server reports it
     calls_from_text: bool = False  # the calls were read from the text (the server never saw them as calls)
+    cut: bool = False  # the answer stopped at max_tokens, not where the model ended it
 
 
 @dataclass
@@ -256,6 +257,7 @@ class ResponsesConversation(_Base):
             usage=result.usage,
             response_id=result.id,
             model=result.model,
+            cut=result.status == "incomplete",
         )
         self._remember(turn)
         return turn
@@ -348,6 +350,7 @@ class ChatConversation(_Base):
             tool_calls=list(result.tool_calls),
             usage=result.usage,
             model=result.model,
+            cut=result.finish_reason == "length",
         )
         self._remember(turn)
         return turn

@@ -192,6 +192,21 @@ async def test_max_rounds_stops_the_run_as_a_result_not_an_error(bridge: Callabl
         assert result.notes[-1].startswith("max_rounds reached; not run: get_current_time(")
 
 
+async def test_an_answer_cut_at_max_tokens_is_flagged_not_passed_off_as_whole(
+    bridge: Callable[[], AbstractAsyncContextManager[AppState]], fake: FakeLMStudio
+) -> None:
+    async with bridge() as state:
+        fake.set_script([Turn(tool_calls=[call("get_current_time", timezone="UTC")]),
+                         Turn(text="It is Monday, and the full list of", cut=True)])
+        result = await state.agent.run(["time"], "What day is it in UTC?", max_tokens=300)
+        assert result.stop_reason == "completed" and result.answer == "It is Monday, and the full list of"
+        assert any("stopped at max_tokens (300 tokens a round)" in note for note in result.notes), result.notes
+
+        fake.set_script([Turn(text="It is Monday.")])
+        whole = await state.agent.run(["time"], "What day is it in UTC?", max_tokens=300)
+        assert not any("max_tokens" in note for note in whole.notes), whole.notes
+
+
 async def test_the_overall_timeout_stops_a_slow_run(fake: FakeLMStudio, mcp_json: Path) -> None:
     fake.set_script([Turn(tool_calls=[call("get_current_time", timezone="UTC")]), Turn(text="late", delay_s=30)])
     async with bridge_state(bridge_settings(fake.url, mcp_json, AUTONOMOUS_TIMEOUT_S="2")) as state:

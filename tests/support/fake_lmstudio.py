@@ -138,6 +138,7 @@ class Turn:
     empty_stream: bool = False
     endless: bool = False
     chunk_delay_s: float = 0.0
+    cut: bool = False  # the answer stopped at max_tokens: finish_reason "length" / status "incomplete"
 
 
 def call(name: str, **arguments: object) -> tuple[str, dict[str, object]]:
@@ -448,7 +449,7 @@ class FakeLMStudio:
         recorded, model, turn = prepared
         prompt_tokens, completion_tokens = _usage(turn, recorded)
         calls = [(f"call_{next(self._ids)}", name, _arguments_text(args)) for name, args in turn.tool_calls]
-        finish_reason = "tool_calls" if calls else "stop"
+        finish_reason = "length" if turn.cut else "tool_calls" if calls else "stop"
         completion_id = self._new_id("chatcmpl")
         created = int(time.time())
         usage = {
@@ -613,7 +614,8 @@ class FakeLMStudio:
             "id": response_id,
             "object": "response",
             "created_at": int(time.time()),
-            "status": "completed",
+            "status": "incomplete" if turn.cut else "completed",
+            **({"incomplete_details": {"reason": "max_output_tokens"}} if turn.cut else {}),
             "model": model,
             "previous_response_id": previous_id,
             "output": output,
@@ -954,4 +956,4 @@ async def _response_events(full: dict[str, object], output: list[dict[str, objec
             yield event("response.function_call_arguments.done", item_id=item_id, output_index=index,
                         arguments=arguments)
         yield event("response.output_item.done", output_index=index, item=item)
-    yield event("response.completed", response=full)
+    yield event("response.incomplete" if full["status"] == "incomplete" else "response.completed", response=full)

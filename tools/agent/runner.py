@@ -162,6 +162,13 @@ class Runner:
                 run,
                 lambda: self._context.send(conversation, lambda: conversation.send_tool_outputs(outputs), outputs),
             )
+        if turn.cut:
+            # Claude must not take a cut answer for the whole one.
+            run.notes.append(
+                f"the model's answer stopped at max_tokens ({self._context.budget.output_tokens} tokens a round), "
+                "not where the model ended it: it may be incomplete. Ask for a shorter answer, or pass a larger "
+                "max_tokens"
+            )
         return "completed"
 
     async def _ask(self, run: RunContext, request: Callable[[], Awaitable[ModelTurn]]) -> ModelTurn:
