@@ -569,7 +569,7 @@ def render_table(results: dict[str, object]) -> str:
                 lines.append(f"{section:<14} {metric:<38} {figure}")
                 continue
             if "unit" not in figure:  # a live model's entry
-                parts = (f"{k}={v.get('value') if isinstance(v, dict) else v}" for k, v in figure.items())
+                parts = (f"{k}={_cell(v)}" for k, v in figure.items())
                 lines.append(f"{section:<14} {metric:<38} " + ", ".join(parts))
                 continue
             target = TARGETS.get((section, metric))
@@ -582,6 +582,13 @@ def render_table(results: dict[str, object]) -> str:
                 cells = f"{figure['value']:>10g} {'':>10} {'':>6}"
             lines.append(f"{section:<14} {metric:<38} {cells}  {figure['unit']:<8} {verdict}")
     return "\n".join(lines)
+
+
+def _cell(value: object) -> object:
+    """A figure's value, or a count table (`{"completed": 5, ...}`) as `completed 5 / ...`."""
+    if isinstance(value, dict):
+        return value["value"] if "value" in value else " / ".join(f"{k} {v}" for k, v in value.items())
+    return value
 
 
 async def run_all(reps: Reps) -> dict[str, object]:
