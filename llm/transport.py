@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # How long to wait for the end of a stream after its `[DONE]` (normally already in the buffer).
-_DRAIN_S = 0.25
+_DRAIN_S = 0.1
 
 
 @dataclass(frozen=True)

@@ -124,3 +124,19 @@ async def test_streamed_answers_one_after_another_share_one_connection(llm: LLMC
     ports = [r.client_port for r in fake.generation_requests()]
     assert len(ports) == 3 and None not in ports
     assert len(set(ports)) == 1, ports
+
+
+async def test_a_stream_held_open_after_done_costs_at_most_the_drain_bound() -> None:
+    # A server (or proxy) that sends [DONE] and then never ends the body: the answer is whole, so the
+    # bridge gives up on reusing the connection after a moment instead of waiting on it.
+    import time
+
+    from llm import transport
+
+    async def held_open() -> AsyncIterator[bytes]:
+        yield b"\r\n"
+        await asyncio.sleep(3600)
+
+    start = time.perf_counter()
+    await transport._drain(held_open())
+    assert time.perf_counter() - start < transport._DRAIN_S + 1.0
