@@ -154,23 +154,21 @@ class _Base:
     tools: list[FunctionSpec]
     options: GenerationOptions
     transcript: list[_Entry] = field(default_factory=list)
-    # The tools' size as sent, measured once per tool set (asked several times a round).
-    _sized: tuple[list[FunctionSpec] | None, int] = field(default=(None, 0), init=False, repr=False)
+    # The tools' size as sent, measured when the set changes (it is asked for several times a round).
+    _tools_size: int = field(default=0, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._tools_size = _tools_chars(self.tools)
 
     def set_tools(self, tools: list[FunctionSpec], instructions: str) -> None:
-        if tools != self.tools:  # the same set every round, usually: keep it, and its measured size
+        if tools != self.tools:  # usually the same set every round
             self.tools = list(tools)
+            self._tools_size = _tools_chars(self.tools)
         self.options.instructions = instructions
 
     def size_chars(self) -> int:
-        if self.options.prompted:
-            tools_chars = 0
-        else:
-            sized, tools_chars = self._sized
-            if sized is not self.tools:
-                tools_chars = _tools_chars(self.tools)
-                self._sized = (self.tools, tools_chars)
-        return len(self.options.instructions) + tools_chars + sum(len(entry.text) for entry in self.transcript)
+        fixed = len(self.options.instructions) + (0 if self.options.prompted else self._tools_size)
+        return fixed + sum(len(entry.text) for entry in self.transcript)
 
     def _remember(self, turn: ModelTurn) -> None:
         calls = " ".join(f"{c.name}({c.arguments})" for c in turn.tool_calls)

@@ -121,11 +121,11 @@ def matches(name: str, infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, str]
     made-up number would get a queue of its own for a copy that does not exist. Several servers
     may list the same model: each is a match.
     """
-    candidates = [(info, model_id) for info in infos for model_id in (info.id, *info.loaded_instances)]
+    candidates = _candidates(infos)
     for key in (str, str.casefold):
         found = [(info, model_id) for info, model_id in candidates if key(model_id) == key(name)]
         if found:
-            return one_per_server(found)
+            return _one_per_server(found)
     if _INSTANCE_SUFFIX.search(name):
         return []
     # A plain name for a model the server lists only by its instance ids ("x:1").
@@ -133,11 +133,23 @@ def matches(name: str, infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, str]
         found = [(info, instance_base(model_id)) for info, model_id in candidates
                  if key(instance_base(model_id)) == key(name)]
         if found:
-            return one_per_server(found)
+            return _one_per_server(found)
     return []
 
 
-def one_per_server(found: list[tuple[ModelInfo, str]]) -> list[tuple[ModelInfo, str]]:
+def exact_matches(infos: Sequence[ModelInfo]) -> dict[str, list[tuple[ModelInfo, str]]]:
+    """`matches(name, infos)` for every name that matches exactly (an id or a listed instance), at once."""
+    exact: dict[str, list[tuple[ModelInfo, str]]] = {}
+    for info, model_id in _candidates(infos):
+        exact.setdefault(model_id, []).append((info, model_id))
+    return {model_id: _one_per_server(found) for model_id, found in exact.items()}
+
+
+def _candidates(infos: Sequence[ModelInfo]) -> list[tuple[ModelInfo, str]]:
+    return [(info, model_id) for info in infos for model_id in (info.id, *info.loaded_instances)]
+
+
+def _one_per_server(found: list[tuple[ModelInfo, str]]) -> list[tuple[ModelInfo, str]]:
     """One match per server (a model and its instance can both match the same name)."""
     seen: set[str | None] = set()
     kept = []

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from llm.exceptions import LLMConnectionError, LLMError, ModelNotFoundError, ModelTypeError, NoModelLoadedError
-from llm.listing import ModelInfo, matches, one_per_server
+from llm.listing import ModelInfo, exact_matches, matches
 from llm.model_guard import ModelGuard
 
 if TYPE_CHECKING:
@@ -160,11 +160,7 @@ class ModelCatalog:
             listed = "; ".join(f"{b.name} ({b.base_url}): {e}" for b, e in zip(self.backends, errors, strict=True))
             raise LLMConnectionError(f"No model server could be asked for its models: {listed}", errors[0])
         infos = [info for listing, _ in answers for info in listing]
-        exact: dict[str, list[tuple[ModelInfo, str]]] = {}
-        for info in infos:
-            for model_id in (info.id, *info.loaded_instances):
-                exact.setdefault(model_id, []).append((info, model_id))
-        self._exact = {model_id: one_per_server(found) for model_id, found in exact.items()}
+        self._exact = exact_matches(infos)
         self._answers = {}
         self._infos = infos
         self._fetched_at = self._clock()
@@ -240,20 +236,20 @@ class ModelCatalog:
     async def _named(self, name: str, source: Source, purpose: Purpose, exclude: Collection[str]) -> ResolvedModel:
         name, pinned = self._pinned(name)
         target = self._aliases.get(name, name)
-        if pinned or exclude:
-            allowed = {pinned} if pinned else set(self._by_name) - set(exclude)
-        else:
-            allowed = self._by_name.keys()  # the usual case: any server, nothing to filter out
-        everywhere = len(allowed) == len(self._by_name)
+        narrowed = bool(pinned or exclude)  # usually not: any server will do, nothing to filter out
+        allowed = ({pinned} if pinned else set(self._by_name) - set(exclude)) if narrowed else self._by_name.keys()
+
+        def found_in(infos: list[ModelInfo]) -> list[tuple[ModelInfo, str]]:
+            found = self._matches(target, infos)
+            return [m for m in found if m[0].server in allowed] if narrowed else found
+
         fetches_before = self._fetches
         infos = await self.models()
-        found = self._matches(target, infos)
-        if not everywhere:
-            found = [m for m in found if m[0].server in allowed]
+        found = found_in(infos)
         if not found and self._fetches == fetches_before:
             logger.debug("Model %r not in the cached list; fetching a fresh one", target)
             infos = await self.models(refresh=True)
-            found = [m for m in self._matches(target, infos) if m[0].server in allowed]
+            found = found_in(infos)
         if not found:
             if target != name:
                 logger.warning("Alias %r points to %r, which no server offers", name, target)
